@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from gateway.config import Config, ConfigError, load_config
 from gateway.decoders import PROTOCOLS, decoder_class
 from gateway.decoders.base import MqttDecoder, SerialDecoder
 from gateway.decoders.runner import (
@@ -20,7 +23,6 @@ from gateway.decoders.runner import (
 )
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="commonwatt: shared machines, shared energy.")
-
 
 
 @app.command()
@@ -71,6 +73,90 @@ def decode(
         out.write(dumps(record_json(record)) + "\n")
     out.flush()
     typer.echo(f"{protocol}: {stats.summary()}", err=True)
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        typer.echo(f"{exc.source}: the configuration has {len(exc.problems)} problem(s):", err=True)
+        for problem in exc.problems:
+            typer.echo(f"  {problem}", err=True)
+        raise typer.Exit(2) from None
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="commonwatt.toml")]
+
+
+@app.command("check-config")
+def check_config(file: Annotated[Path, typer.Argument(help="commonwatt.toml to check")]) -> None:
+    """Validate a configuration file: every problem by key path and exit 2, or exit 0."""
+    config = _load(file)
+    serial = sum(d.is_serial for d in config.devices)
+    typer.echo(
+        f"{file}: ok (site {config.site.id}, {len(config.devices)} devices: "
+        f"{len(config.devices) - serial} MQTT, {serial} serial; "
+        f"TSDB {'→ ' + config.tsdb.url if config.tsdb else 'none'})"
+    )
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def run(
+    config: ConfigOpt = Path("commonwatt.toml"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the gateway. SIGTERM or Ctrl-C flushes the journal and exits cleanly."""
+    from gateway.app import run_gateway
+
+    cfg = _load(config)
+    _logging(verbose)
+    asyncio.run(run_gateway(cfg))
+
+
+journal_app = typer.Typer(no_args_is_help=True, help="Inspect the journal.")
+app.add_typer(journal_app, name="journal")
+
+
+@journal_app.command("stats")
+def journal_stats(
+    config: ConfigOpt = Path("commonwatt.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Counts, time span, each device's last reading, each consumer's lag."""
+    from gateway.journal import Journal, JournalError
+    from gateway.journal_report import print_stats
+
+    cfg = _load(config)
+    try:
+        journal = Journal(cfg.journal.path, readonly=True)
+    except JournalError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    with journal:
+        print_stats(journal.stats(), as_json=as_json)
+
+
+@app.command()
+def demo(
+    api_port: Annotated[int, typer.Option(help="port of the demo's API (0: any free port)")] = 8080,
+    seconds: Annotated[float, typer.Option(help="stop after this many seconds (0: run until Ctrl-C)")] = 0,
+    folder: Annotated[
+        Path | None, typer.Option(help="where the demo keeps its files (default: a temp folder)")
+    ] = None,
+) -> None:
+    """Run a simulated lab: embedded broker, simulated devices, the gateway, a live table."""
+    from gateway.demo.run import run_demo
+
+    _logging(False)
+    logging.getLogger().setLevel(logging.WARNING)
+    asyncio.run(run_demo(api_port=api_port, seconds=seconds, folder=folder))
 
 
 def main() -> None:

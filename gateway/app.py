@@ -1,0 +1,225 @@
+"""The composition root: configuration -> journal, sources, live view, sinks, API.
+
+Data flows one way. Sources put decoded records into the journal writer; the
+writer commits them in batches and wakes the consumers (the live view, the TSDB
+sink), each of which reads the journal from its own position. Nothing acts on a
+record before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from gateway.config import Config
+from gateway.journal import GroupCommitWriter
+from gateway.live import LiveState
+from gateway.sources.base import SourceHealth
+from gateway.sources.mqtt import MqttSource
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """One site's gateway. `async with Gateway(config) as gw:` runs it until the block exits."""
+
+    def __init__(self, config: Config, *, client_id: str | None = None) -> None:
+        self.config = config
+        self.started = time.time()
+        self.client_id = client_id or (config.mqtt.client_id if config.mqtt else None) or self._client_id()
+        self.writer = GroupCommitWriter(
+            config.journal.path,
+            max_batch=config.journal.max_batch,
+            max_delay=config.journal.max_delay_ms / 1000,
+        )
+        self.live = LiveState(config.journal.path)
+        self.mqtt: MqttSource | None = None
+        self.sources: list[SourceHealth] = []
+        self.sinks: list[Any] = []
+        self._wakers: list[Callable[[], None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stack = contextlib.AsyncExitStack()
+        self.api_port: int | None = None
+
+    def _client_id(self) -> str:
+        return f"commonwatt-{self.config.site.id}-{socket.gethostname()}"[:64]
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Gateway:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.writer.start()
+        self._stack.callback(self.writer.close)
+        self.writer.add_listener(lambda _seq: loop.call_soon_threadsafe(self._wake_all))
+        live_wake = asyncio.Event()
+        self._wakers.append(live_wake.set)
+        self._spawn(self.live.follow(live_wake), "live")
+        self._stack.callback(self.live.close)
+        await self._start_sinks()
+        await self._start_sources()
+        if self.config.api.enabled:
+            await self._start_api()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _wake_all(self) -> None:
+        for wake in self._wakers:
+            wake()
+
+    async def _start_sinks(self) -> None:
+        if self.config.tsdb is None:
+            return
+        from gateway.sinks.tsdb import TsdbSink
+
+        t = self.config.tsdb
+        sink = TsdbSink(
+            journal_path=self.config.journal.path,
+            url=t.url,
+            token=t.token,
+            org=t.org,
+            bucket=t.bucket,
+            site=self.config.site.id,
+            device_tags={d.id: {"role": d.role} for d in self.config.devices},
+            batch_size=t.batch_size,
+            timeout_s=t.timeout_s,
+            max_backoff_s=t.max_backoff_s,
+        )
+        await self._stack.enter_async_context(sink)
+        self._wakers.append(sink.notify)
+        self.sinks.append(sink)
+
+    async def _start_sources(self) -> None:
+        cfg = self.config
+        if cfg.mqtt is not None and any(not d.is_serial for d in cfg.devices):
+            self.mqtt = MqttSource(cfg.mqtt, cfg.devices, self.writer, client_id=self.client_id)
+            await self._stack.enter_async_context(self.mqtt)
+            self.sources.append(self.mqtt.health)
+        for dev in cfg.devices:
+            if dev.is_serial:
+                self._start_serial(dev)
+
+    def _start_serial(self, dev: Any) -> None:
+        from gateway.decoders import decoder_class
+        from gateway.sources.serial import SerialSource
+
+        health = SourceHealth(name=dev.id, kind="serial")
+        source = SerialSource(
+            name=dev.id,
+            port=dev.port,
+            decoder=decoder_class(dev.protocol)(**dev.options),
+            device_id=dev.id,
+            inbox=self.writer,
+            health=health,
+            silent_after_s=dev.silent_after_s,
+        )
+        self.sources.append(health)
+        self._spawn(source.run(), f"serial-{dev.id}")
+
+    async def _start_api(self) -> None:
+        import uvicorn
+
+        from gateway.api.app import create_app
+
+        api = self.config.api
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(self), host=api.host, port=api.port, log_level="warning", lifespan="off"
+            )
+        )
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._spawn(server.serve(), "api")
+        while not server.started:
+            await asyncio.sleep(0.01)
+        self.api_port = server.servers[0].sockets[0].getsockname()[1]
+
+        async def _stop_api() -> None:
+            server.should_exit = True
+
+        self._stack.push_async_callback(_stop_api)
+
+    async def __aexit__(self, *exc: object) -> None:
+        # Order: stop the sources (no new records), flush the journal, stop the consumers.
+        if self.mqtt is not None:
+            await self.mqtt.__aexit__(None, None, None)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.writer.flush, 10.0)
+        await self._stack.aclose()
+
+    # -- what the API shows ----------------------------------------------------------------------
+
+    def device_health(self) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        out = {}
+        for dev in self.config.devices:
+            live = self.live.devices.get(dev.id)
+            last = live.last_seen if live else None
+            out[dev.id] = {
+                "protocol": dev.protocol,
+                "role": dev.role,
+                "last_seen": last,
+                "online": live.online if live else None,
+                "silent": last is None or now - last > dev.silent_after_s,
+            }
+        return out
+
+    def health(self) -> dict[str, Any]:
+        sources = [s.as_json() for s in self.sources]
+        sinks = [s.health.as_json() for s in self.sinks]
+        writer_error = self.writer.last_error
+        ok = all(s["connected"] for s in sources) and all(s.get("connected", True) for s in sinks)
+        return {
+            "status": "ok" if ok and writer_error is None else "degraded",
+            "site": self.config.site.id,
+            "uptime_s": round(time.time() - self.started, 1),
+            "journal": {
+                "committed_seq": self.writer.committed_seq,
+                "pending": self.writer.pending,
+                "error": None if writer_error is None else str(writer_error),
+            },
+            "sources": sources,
+            "sinks": sinks,
+            "devices": self.device_health(),
+        }
+
+
+@contextlib.asynccontextmanager
+async def stop_on_signals() -> AsyncIterator[asyncio.Event]:
+    """An event set by SIGTERM or SIGINT, so `run` flushes and exits cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def run_gateway(config: Config) -> None:
+    async with stop_on_signals() as stop, Gateway(config):
+        await stop.wait()
+        log.info("stopping: flushing the journal")

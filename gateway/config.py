@@ -1,0 +1,220 @@
+"""commonwatt.toml: pydantic models, validated once at start-up.
+
+Every check happens here, so nothing on the hot path has to doubt its input.
+A bad file is reported with every problem at once, each by its key path
+(`devices[2].protocol: ...`), and the command exits with status 2.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.decoders import PROTOCOLS, decoder_class, is_serial
+
+Role = Literal["pv", "battery", "grid", "site_load", "machine", "other"]
+_ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+Ident = Annotated[str, Field(pattern=_ID)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Site(_Strict):
+    id: Ident = Field(description="short id of the site, used in topics and as the TSDB `site` tag")
+    name: str = ""
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Brussels)") from None
+        return value
+
+
+class JournalSettings(_Strict):
+    path: Path = Path("var/commonwatt.sqlite")
+    max_batch: int = Field(5000, ge=1, le=100_000)
+    max_delay_ms: int = Field(50, ge=1, le=5000)
+
+
+class MqttSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    qos: Literal[0, 1] = 1
+    tls: bool = False
+    ca_file: Path | None = None
+
+
+class ApiSettings(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class TsdbSettings(_Strict):
+    url: str
+    org: str = ""
+    bucket: str = "commonwatt"
+    token: str = ""
+    batch_size: int = Field(20_000, ge=1, le=1_000_000)
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    max_backoff_s: float = Field(30.0, gt=0, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class Device(_Strict):
+    id: Ident
+    protocol: str
+    role: Role
+    name: str = ""
+    #: MQTT protocols: the device key the protocol carries (topic prefix, serial number).
+    prefix: str | None = None
+    #: Serial protocols: the port, preferably a stable /dev/serial/by-id/... path.
+    port: str | None = None
+    #: Seconds without a reading after which the device is reported silent.
+    silent_after_s: float = Field(300.0, gt=0)
+    #: Protocol-specific options, passed to the decoder (see each decoder's README).
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        if value not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {value!r}; known: {', '.join(sorted(PROTOCOLS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _transport(self) -> Device:
+        problems: list[str] = []
+        serial = is_serial(self.protocol)
+        if serial and not self.port:
+            problems.append(f"protocol {self.protocol} reads a serial port: set `port`")
+        if serial and self.prefix:
+            problems.append(f"protocol {self.protocol} reads a serial port: `prefix` has no meaning")
+        if not serial and not self.prefix:
+            problems.append(f"protocol {self.protocol} is MQTT: set `prefix` (its topic prefix or key)")
+        if not serial and self.port:
+            problems.append(f"protocol {self.protocol} is MQTT: `port` has no meaning")
+        try:
+            decoder_class(self.protocol)(**self.options)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"options: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def is_serial(self) -> bool:
+        return is_serial(self.protocol)
+
+
+class Config(_Strict):
+    site: Site
+    journal: JournalSettings = JournalSettings()
+    mqtt: MqttSettings | None = None
+    api: ApiSettings = ApiSettings()
+    tsdb: TsdbSettings | None = None
+    devices: list[Device] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        problems: list[str] = []
+        seen: dict[str, int] = {}
+        keys: dict[tuple[str, str], int] = {}
+        for i, dev in enumerate(self.devices):
+            if dev.id in seen:
+                problems.append(f"devices[{i}].id: {dev.id!r} is already used by devices[{seen[dev.id]}]")
+            seen.setdefault(dev.id, i)
+            where = (dev.protocol, dev.prefix or dev.port or "")
+            if where in keys:
+                problems.append(f"devices[{i}]: same protocol and prefix/port as devices[{keys[where]}]")
+            keys.setdefault(where, i)
+        if self.mqtt is None and any(not d.is_serial for d in self.devices):
+            problems.append("mqtt: MQTT devices are configured but there is no [mqtt] section")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def device(self, device_id: str) -> Device:
+        for dev in self.devices:
+            if dev.id == device_id:
+                return dev
+        raise KeyError(device_id)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. `problems` lists each one, prefixed by its key path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}: {len(problems)} problem(s)")
+        self.source = source
+        self.problems = problems
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in {"function-after[_transport(), Device]"}:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        path = _key_path(tuple(p for p in err["loc"] if not str(p).startswith("function-")))
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt?)"
+        for line in msg.splitlines():
+            if re.match(r"^[a-z_]+(\[\d+\])?[.:]", line) and path == "(top level)":
+                problems.append(line)
+            else:
+                problems.append(f"{path}: {line}")
+    return problems
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _problems(exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a commonwatt.toml; ConfigError listing every problem otherwise."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    config = parse_config(data, str(path))
+    if not config.journal.path.is_absolute():
+        journal = config.journal.model_copy(update={"path": path.parent / config.journal.path})
+        config = config.model_copy(update={"journal": journal})
+    return config
