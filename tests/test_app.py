@@ -1,0 +1,96 @@
+"""The gateway as a whole, with a real Mosquitto (and VictoriaMetrics where a sink is configured)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from gateway.app import Gateway
+from gateway.config import parse_config
+from gateway.journal import Journal
+from tests.services import Mosquitto
+
+PLUG = "shellyplusplugs-e86beae1a2b3"
+
+
+def site_config(tmp_path: Path, broker: Mosquitto, **extra: Any) -> dict[str, Any]:
+    return {
+        "site": {"id": "lab"},
+        "journal": {"path": str(tmp_path / "journal.sqlite"), "max_delay_ms": 10},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "api": {"port": 0},
+        "devices": [
+            {"id": "laser", "protocol": "shelly_gen2", "prefix": PLUG, "role": "machine"},
+            {"id": "printers", "protocol": "tasmota", "prefix": "tasmota_A1B2C3", "role": "machine"},
+            {"id": "roof", "protocol": "opendtu", "prefix": "114182912345", "role": "pv"},
+            {"id": "battery", "protocol": "victron_venus", "prefix": "c0619ab1b2c3/battery/512", "role": "battery"},
+            {"id": "drill", "protocol": "shelly_gen1", "prefix": "shellyplug-s-C45BBE", "role": "machine"},
+        ],
+        **extra,
+    }
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def journal_rows(path: Path) -> list[tuple[Any, ...]]:
+    with Journal(path, readonly=True) as journal:
+        return journal.read(0, 1_000_000)
+
+
+def test_messages_of_every_protocol_arrive_in_the_journal(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    config = parse_config(site_config(tmp_path, mosquitto))
+
+    async def scenario() -> dict[str, Any]:
+        async with Gateway(config) as gw:
+            assert gw.mqtt is not None
+            await gw.mqtt.wait_connected()
+            await asyncio.sleep(0.2)  # subscriptions acknowledged
+            publish = mosquitto.publish
+            status = {"id": 0, "output": True, "apower": 412.6, "voltage": 231.4, "aenergy": {"total": 15872.341}}
+            await asyncio.to_thread(publish, f"{PLUG}/status/switch:0", json.dumps(status))
+            sensor = {"Time": "2024-06-12T12:00:00", "ENERGY": {"Total": 2674.596, "Power": 17}}
+            await asyncio.to_thread(publish, "tele/tasmota_A1B2C3/SENSOR", json.dumps(sensor))
+            await asyncio.to_thread(publish, "solar/114182912345/0/power", "612.4")
+            await asyncio.to_thread(publish, "N/c0619ab1b2c3/battery/512/Soc", '{"value": 87.4}')
+            await asyncio.to_thread(publish, "shellies/shellyplug-s-C45BBE/relay/0/energy", "87341")
+            await asyncio.to_thread(publish, f"{PLUG}/status/switch:0", "{not json")
+            path = config.journal.path
+            await asyncio.to_thread(wait_for, lambda: len(journal_rows(path)) >= 9)
+            await asyncio.sleep(0.3)
+            url = f"http://127.0.0.1:{gw.api_port}"
+            health = json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(f"{url}/api/v1/health").read()))
+            latest = json.loads(
+                await asyncio.to_thread(lambda: urllib.request.urlopen(f"{url}/api/v1/readings/latest").read())
+            )
+            metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(f"{url}/metrics").read().decode())
+            return {"health": health, "latest": latest, "metrics": metrics}
+
+    out = asyncio.run(scenario())
+    rows = journal_rows(config.journal.path)
+    got = {(r[2], r[3]): r[4] for r in rows}
+    assert got[("laser", "power_w")] == 412.6
+    assert got[("laser", "energy_wh")] == 15872.341
+    assert got[("laser", "relay_on")] == 1
+    assert got[("printers", "energy_wh")] == 2674596.0
+    assert got[("printers", "power_w")] == 17
+    assert got[("roof", "power_w")] == 612.4
+    assert got[("battery", "soc_pct")] == 87.4
+    assert abs(got[("drill", "energy_wh")] - 87341 / 60) < 1e-9
+    mqtt = out["health"]["sources"][0]
+    assert mqtt["connected"] is True
+    assert mqtt["rejected"] == {"bad_json": 1}
+    assert out["health"]["devices"]["laser"]["silent"] is False
+    assert {"device": "roof", "metric": "power_w", "value": 612.4, "unit": "W"}.items() <= next(
+        r for r in out["latest"] if r["device"] == "roof" and r["metric"] == "power_w"
+    ).items()
+    assert 'commonwatt_rejected_total{source="mqtt",reason="bad_json"} 1' in out["metrics"]
