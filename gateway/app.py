@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from gateway.config import Config
@@ -64,7 +64,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self.writer.start()
         self._stack.callback(self.writer.close)
-        self.writer.add_listener(lambda _seq: loop.call_soon_threadsafe(self._wake_all))
+        def _committed(_seq: int) -> None:
+            loop.call_soon_threadsafe(self._wake_all)
+
+        self.writer.add_listener(_committed)
         live_wake = asyncio.Event()
         self._wakers.append(live_wake.set)
         self._spawn(self.live.follow(live_wake), "live")
@@ -120,14 +123,16 @@ class Gateway:
                 self._start_serial(dev)
 
     def _start_serial(self, dev: Any) -> None:
-        from gateway.decoders import decoder_class
+        from gateway.decoders import SerialDecoder, decoder_class
         from gateway.sources.serial import SerialSource
 
         health = SourceHealth(name=dev.id, kind="serial")
+        decoder = decoder_class(dev.protocol)(**dev.options)
+        assert isinstance(decoder, SerialDecoder)
         source = SerialSource(
             name=dev.id,
             port=dev.port,
-            decoder=decoder_class(dev.protocol)(**dev.options),
+            decoder=decoder,
             device_id=dev.id,
             inbox=self.writer,
             health=health,
@@ -141,13 +146,17 @@ class Gateway:
 
         from gateway.api.app import create_app
 
+        class _ApiServer(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield  # the gateway handles SIGTERM itself: flush first, then stop the API
+
         api = self.config.api
-        server = uvicorn.Server(
+        server = _ApiServer(
             uvicorn.Config(
                 create_app(self), host=api.host, port=api.port, log_level="warning", lifespan="off"
             )
         )
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._spawn(server.serve(), "api")
         while not server.started:
             await asyncio.sleep(0.01)

@@ -131,9 +131,9 @@ class Device(_Strict):
 
 class Config(_Strict):
     site: Site
-    journal: JournalSettings = JournalSettings()
+    journal: JournalSettings = Field(default_factory=JournalSettings)
     mqtt: MqttSettings | None = None
-    api: ApiSettings = ApiSettings()
+    api: ApiSettings = Field(default_factory=ApiSettings)
     tsdb: TsdbSettings | None = None
     devices: list[Device] = Field(default_factory=list)
 

@@ -114,6 +114,8 @@ class VictoriaMetrics:
                 "-retentionPeriod=100y",
                 "-search.latencyOffset=0s",
                 "-search.disableCache",
+                # As in production: a batch re-sent after a crash is stored once (see gateway/sinks/TSDB.md).
+                "-dedup.minScrapeInterval=1ms",
                 "-loggerLevel=ERROR",
             ],
             stdout=log,

@@ -193,7 +193,7 @@ class MqttSource:
             return
         filters = sorted({r.topic_filter for r in self.router.routes})
         if filters:
-            client.subscribe([(f, self.settings.qos) for f in filters])
+            client.subscribe([(f, int(self.settings.qos)) for f in filters])
         self.health.set_connected(True)
         self._send_keepalives(first=True)
         log.info("connected to %s:%s, %d subscriptions", self.settings.host, self.settings.port, len(filters))
@@ -216,7 +216,7 @@ class MqttSource:
             health.rejected["unrouted_topic"] += 1
             return
         try:
-            records = route.decoder.decode(topic, msg.payload, now)
+            records = route.decoder.decode(topic, bytes(msg.payload), now)
         except DecodeError as exc:
             health.rejected[exc.reason] += 1
             return
