@@ -183,6 +183,7 @@ def gateway_config(folder: Path, broker: Mosquitto, vm: VictoriaMetrics, devices
     ]
     for d in range(devices):
         lines.append(f'[[devices]]\nid = "m{d}"\nprotocol = "shelly_gen2"\nprefix = "{prefix(d)}"\nrole = "machine"\n')
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "commonwatt.toml"
     path.write_text("\n".join(lines))
     return path
