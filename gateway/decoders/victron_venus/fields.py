@@ -44,7 +44,8 @@ SYSTEM: dict[str, Field] = {
     "Dc/Battery/TimeToGo": Field("time_to_go_s"),
     "Dc/Pv/Power": Field("pv_power_w"),
     "Dc/Pv/Current": Field("pv_current_a"),
-    **_phases("Ac/Grid/L{n}/Power", "power_w"),
+    # Ac/Grid/L1..3/Power are deliberately absent: under one device key they would read as
+    # phases of the battery power above. Meter the grid through its `grid/<n>` service.
 }
 
 BATTERY: dict[str, Field] = {
