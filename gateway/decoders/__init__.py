@@ -15,6 +15,7 @@ PROTOCOLS: dict[str, str] = {
     "victron_venus": "gateway.decoders.victron_venus:VictronVenusDecoder",
     "esphome": "gateway.decoders.esphome:ESPHomeDecoder",
     "generic_json": "gateway.decoders.generic_json:GenericJsonDecoder",
+    "dsmr": "gateway.decoders.dsmr:DSMRDecoder",
 }
 
 
@@ -33,4 +34,12 @@ def is_serial(name: str) -> bool:
     return issubclass(decoder_class(name), SerialDecoder)
 
 
-__all__ = ["PROTOCOLS", "ChecksumError", "DecodeError", "MqttDecoder", "SerialDecoder", "decoder_class", "is_serial"]
+__all__ = [
+    "PROTOCOLS",
+    "ChecksumError",
+    "DecodeError",
+    "MqttDecoder",
+    "SerialDecoder",
+    "decoder_class",
+    "is_serial",
+]

@@ -67,10 +67,11 @@ class SerialDecoder(ABC):
     """Frames and decodes a byte stream of one protocol."""
 
     name: ClassVar[str]
-    baudrate: ClassVar[int]
-    bytesize: ClassVar[int] = 8
-    parity: ClassVar[str] = "N"
-    stopbits: ClassVar[float] = 1
+    # Serial settings of the protocol; a decoder may set them per instance (old DSMR meters).
+    baudrate: int
+    bytesize: int = 8
+    parity: str = "N"
+    stopbits: float = 1
 
     @abstractmethod
     def feed(self, data: bytes, ts: float) -> list[list[Record] | DecodeError]:

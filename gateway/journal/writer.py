@@ -63,6 +63,7 @@ class GroupCommitWriter:
         self._urgent = 0  # commit at once until _done reaches this (flush, close)
         self._closing = False
         self._committed_seq = 0
+        self._committed_rows = 0
         self._listeners: list[Listener] = []
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -78,10 +79,14 @@ class GroupCommitWriter:
         """Queue Readings and BadgeEvents; returns at once. TypeError for anything else."""
         self.put_rows(to_rows(records))
 
-    def put_rows(self, rows: Sequence[NewRow]) -> None:
-        """Queue rows (ts, device, metric, value, text); returns at once."""
+    def put_rows(self, rows: Sequence[NewRow]) -> int:
+        """Queue rows (ts, device, metric, value, text); returns at once.
+
+        Returns the number of rows ever put including these: they are durable once
+        `committed_rows` reaches it (the MQTT source acknowledges messages that way).
+        """
         if not rows:
-            return
+            return self._accepted
         batch = list(rows)
         with self._cond:
             if self._closing:
@@ -90,11 +95,17 @@ class GroupCommitWriter:
             self._queued += len(batch)
             self._accepted += len(batch)
             self._cond.notify_all()
+            return self._accepted
 
     @property
     def committed_seq(self) -> int:
         """The seq of the last record known to be durable in the journal."""
         return self._committed_seq
+
+    @property
+    def committed_rows(self) -> int:
+        """How many of the rows ever put are durable; listeners already see their own batch here."""
+        return self._committed_rows
 
     @property
     def pending(self) -> int:
@@ -227,6 +238,7 @@ class GroupCommitWriter:
             self.last_error = None
             self.batches += 1
             self._committed_seq = seq
+            self._committed_rows = self._done + len(batch)
             listeners = self._listeners
         for listener in listeners:
             try:

@@ -7,8 +7,16 @@ its thread, decodes each message right there and hands the rows to the journal
 writer (thread-safe and non-blocking); nothing crosses into asyncio per
 message. The asyncio side sees an `async with` lifetime and the health object.
 
-Session: a fixed client id with `clean_session=False` and QoS 1 subscriptions, so
-the broker queues the devices' QoS 1 messages while the gateway restarts.
+Nothing lost: the gateway keeps a persistent session under a fixed client id and
+subscribes with QoS 1, so the broker queues the devices' messages while the gateway
+restarts. Messages are acknowledged by hand, and only once their records are
+committed to the journal: a gateway killed between receiving and committing gets
+them again. That is at-least-once; a redelivered message journals the same readings
+again at the same device time, which the TSDB stores once and counters see as no
+energy. With MQTT 5 the gateway also tells the broker how many unacknowledged
+messages it may send at once (Receive Maximum), so acknowledging after the group
+commit does not throttle delivery; on a 3.1.1 connection, Mosquitto's
+`max_inflight_messages` must be raised for the same effect (deploy/mosquitto/).
 """
 
 from __future__ import annotations
@@ -16,14 +24,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.config import Device, MqttSettings
 from gateway.decoders import decoder_class
@@ -167,13 +179,28 @@ class MqttSource:
         for route in self.router.routes:
             assert route.device.prefix is not None
             self._keys.setdefault(id(route.decoder), {})[route.device.prefix] = route.device.id
+        # (rows put so far, mid) of QoS 1 messages waiting for their commit, in arrival order.
+        self._acks: deque[tuple[int, int]] = deque()
+        self._ack_lock = threading.Lock()
         self.client = self._make_client(client_id)
+        writer.add_listener(self._ack_committed)
         self._keepalive_task: asyncio.Task[None] | None = None
         self.device_online: dict[str, bool] = {}
 
     def _make_client(self, client_id: str) -> paho.Client:
-        client = BufferedClient(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         s = self.settings
+        if s.version == "5":
+            client = BufferedClient(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True
+            )
+        else:
+            client = BufferedClient(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=MQTTProtocolVersion.MQTTv311,
+                clean_session=False,
+                manual_ack=True,
+            )
         if s.username:
             client.username_pw_set(s.username, s.password)
         if s.tls:
@@ -191,6 +218,8 @@ class MqttSource:
         if reason.is_failure:
             self.health.set_connected(False, f"broker refused: {reason}")
             return
+        with self._ack_lock:  # the broker redelivers what was not acknowledged on the old connection
+            self._acks.clear()
         filters = sorted({r.topic_filter for r in self.router.routes})
         if filters:
             client.subscribe([(f, int(self.settings.qos)) for f in filters])
@@ -206,32 +235,51 @@ class MqttSource:
         health = self.health
         health.messages += 1
         health.last_message = now
+        rows = self._decode(msg, now)
+        if rows:
+            health.records += len(rows)
+            position = self.writer.put_rows(rows)
+            if msg.qos:
+                with self._ack_lock:
+                    self._acks.append((position, msg.mid))
+        elif msg.qos:
+            self.client.ack(msg.mid, msg.qos)  # nothing to keep: acknowledged at once
+
+    def _decode(self, msg: paho.MQTTMessage, now: float) -> list[NewRow]:
+        health = self.health
         try:
             topic = msg.topic
         except UnicodeDecodeError:
             health.rejected["bad_topic"] += 1
-            return
+            return []
         route = self.router.find(topic)
         if route is None:
             health.rejected["unrouted_topic"] += 1
-            return
+            return []
         try:
             records = route.decoder.decode(topic, bytes(msg.payload), now)
         except DecodeError as exc:
             health.rejected[exc.reason] += 1
-            return
+            return []
         except Exception:  # a decoder bug must not stop ingestion; it is counted and logged
             log.exception("decoder %s failed on %s", route.device.protocol, topic)
             health.rejected["decoder_error"] += 1
-            return
+            return []
         if not records:
-            return
+            return []
         rows, unknown = to_rows(records, self._keys[id(route.decoder)])
         if unknown:
             health.rejected["unconfigured_device"] += unknown
-        if rows:
-            health.records += len(rows)
-            self.writer.put_rows(rows)
+        return rows
+
+    def _ack_committed(self, _seq: int) -> None:
+        """Writer thread, after each commit: acknowledge the messages whose rows are now durable."""
+        done = self.writer.committed_rows
+        ack = self.client.ack
+        with self._ack_lock:
+            acks = self._acks
+            while acks and acks[0][0] <= done:
+                ack(acks.popleft()[1], 1)
 
     def _send_keepalives(self, *, first: bool = False) -> None:
         for route in {id(r.decoder): r for r in self.router.routes}.values():
@@ -243,7 +291,13 @@ class MqttSource:
 
     async def __aenter__(self) -> MqttSource:
         s = self.settings
-        self.client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        if s.version == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = s.session_expiry_s
+            props.ReceiveMaximum = 65_535
+            self.client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props)
+        else:
+            self.client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
         self.client.loop_start()
         self._keepalive_task = asyncio.create_task(self._keepalive_loop(), name="mqtt-keepalive")
         return self
@@ -272,6 +326,7 @@ class MqttSource:
         await asyncio.to_thread(self._stop)
 
     def _stop(self) -> None:
+        self.writer.remove_listener(self._ack_committed)
         self.client.disconnect()
         self.client.loop_stop()
         self.health.set_connected(False, "stopped")
