@@ -12,7 +12,7 @@ from typing import Any
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.journal import Journal
-from tests.services import Mosquitto
+from tests.services import Mosquitto, VictoriaMetrics
 
 PLUG = "shellyplusplugs-e86beae1a2b3"
 
@@ -94,3 +94,41 @@ def test_messages_of_every_protocol_arrive_in_the_journal(tmp_path: Path, mosqui
         r for r in out["latest"] if r["device"] == "roof" and r["metric"] == "power_w"
     ).items()
     assert 'commonwatt_rejected_total{source="mqtt",reason="bad_json"} 1' in out["metrics"]
+
+
+def test_every_protocol_reaches_victoriametrics_with_units_in_the_names(
+    tmp_path: Path, mosquitto: Mosquitto, victoria: VictoriaMetrics
+) -> None:
+    config = parse_config(site_config(tmp_path, mosquitto, tsdb={"url": victoria.url}))
+    n = 50
+
+    async def scenario() -> None:
+        async with Gateway(config) as gw:
+            assert gw.mqtt is not None
+            await gw.mqtt.wait_connected()
+            await asyncio.sleep(0.2)
+            lines = []
+            for k in range(n):
+                ts = 1_750_000_000 + k
+                notify = {"method": "NotifyStatus", "params": {"ts": ts, "switch:0": {"apower": 100.0 + k}}}
+                lines.append((f"{PLUG}/events/rpc", json.dumps(notify)))
+                sensor = {"Time": f"2025-06-15T15:{k // 60:02d}:{k % 60:02d}", "ENERGY": {"Total": 1.0 + k / 1000}}
+                lines.append(("tele/tasmota_A1B2C3/SENSOR", json.dumps(sensor)))
+            for topic, payload in lines:
+                await asyncio.to_thread(mosquitto.publish, topic, payload)
+            sink = gw.sinks[0]
+            await asyncio.to_thread(wait_for, lambda: sink.health.as_json()["points_written"] >= 2 * n, 20)
+
+    asyncio.run(scenario())
+    laser = victoria.export('{__name__="commonwatt_power_w", device="laser"}')
+    assert len(laser) == 1
+    assert laser[0]["metric"] == {
+        "__name__": "commonwatt_power_w",
+        "site": "lab",
+        "device": "laser",
+        "role": "machine",
+    }
+    assert laser[0]["values"] == [100.0 + k for k in range(n)]
+    assert laser[0]["timestamps"] == [(1_750_000_000 + k) * 1000 for k in range(n)]
+    printers = victoria.export('{__name__="commonwatt_energy_wh", device="printers"}')
+    assert [round(v, 6) for v in printers[0]["values"]] == [1000.0 + k for k in range(n)]
