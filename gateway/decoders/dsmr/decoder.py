@@ -119,7 +119,7 @@ class DSMRDecoder(SerialDecoder):
     """P1 telegrams. The serial settings are per instance: see `baudrate` and `framing`."""
 
     name: ClassVar[str] = "dsmr"
-    baudrate: ClassVar[int] = 115200
+    baudrate = 115200
 
     def __init__(
         self,

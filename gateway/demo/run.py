@@ -1,0 +1,129 @@
+"""`commonwatt demo`: a simulated lab, the gateway reading it, and a live table.
+
+Everything runs in this one process from embedded defaults: an amqtt broker on a
+free loopback port, the simulated devices publishing their real payload formats,
+and the gateway with a SQLite journal and its API. The configuration it runs under
+is written next to the journal, so every other command works on the demo too:
+`commonwatt journal stats --config <folder>/commonwatt.toml`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from gateway.app import Gateway, stop_on_signals
+from gateway.config import Config, load_config
+from gateway.demo import GATEWAY_DEVICES, DemoSite, DemoTiming, EmbeddedBroker, SiteSettings
+from gateway.quantities import quantity
+
+#: Demo device ids, by the device key the simulators publish under.
+DEVICE_IDS = {
+    "shellypro3em-demo01": "grid",
+    "shellyplusplugs-laser01": "laser",
+    "shellyplusplugs-printer01": "printer",
+    "shellyplusplugs-cnc01": "cnc",
+    "114182912345": "roof-pv",
+    "c0619ab1b2c3/battery/512": "battery",
+}
+SHOWN = ("power_w", "energy_wh", "energy_returned_wh", "soc_pct", "relay_on", "online")
+HEADERS = ("power", "energy in", "energy out", "SoC", "relay", "online")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def demo_config_text(broker_port: int, api_port: int) -> str:
+    lines = [
+        "# Written by `commonwatt demo`: the demo lab's configuration.",
+        '[site]\nid = "demo"\nname = "commonwatt demo lab"\n',
+        '[journal]\npath = "commonwatt.sqlite"\n',
+        # amqtt speaks MQTT 3.1.1 only.
+        f'[mqtt]\nport = {broker_port}\nclient_id = "commonwatt-demo"\nversion = "3.1.1"\n',
+        f"[api]\nport = {api_port}\n",
+    ]
+    for dev in GATEWAY_DEVICES:
+        lines.append(
+            f'[[devices]]\nid = "{DEVICE_IDS[dev.key]}"\nprotocol = "{dev.protocol}"\n'
+            f'prefix = "{dev.key}"\nrole = "{dev.role}"\nname = "{dev.machine or DEVICE_IDS[dev.key]}"\n'
+        )
+    return "\n".join(lines)
+
+
+def _fmt(metric: str, value: float) -> str:
+    unit = quantity(metric).unit
+    if metric in {"relay_on", "online"}:
+        return "on" if value >= 0.5 else "off"
+    if metric.startswith("energy"):
+        return f"{value / 1000:,.3f} kWh"
+    return f"{value:,.1f} {unit}".strip()
+
+
+def live_table(gw: Gateway, started: float) -> Group:
+    health = gw.health()
+    mqtt = health["sources"][0] if health["sources"] else {}
+    elapsed = max(time.time() - started, 1e-3)
+    rejected = sum(mqtt.get("rejected", {}).values())
+    head = Text.assemble(
+        ("commonwatt demo", "bold"),
+        f"  API http://127.0.0.1:{gw.api_port}/api/docs   journal {health['journal']['committed_seq']:,} records   ",
+        f"MQTT {mqtt.get('messages', 0):,} messages ({mqtt.get('messages', 0) / elapsed:,.0f}/s), {rejected} rejected",
+    )
+    table = Table("device", "role", "last seen", *HEADERS, expand=False)
+    now = time.time()
+    for dev in gw.config.devices:
+        live = gw.live.devices.get(dev.id)
+        latest = live.latest if live else {}
+        seen = f"{now - live.last_seen:.1f} s ago" if live and live.last_seen else "never"
+        cells = [_fmt(m, latest[m][1]) if m in latest else "" for m in SHOWN]
+        table.add_row(dev.id, dev.role, seen, *cells)
+    return Group(head, table, Text("Ctrl-C stops the demo.", style="dim"))
+
+
+async def run_demo(*, api_port: int = 8080, seconds: float = 0, folder: Path | None = None) -> Config:
+    folder = folder or Path(tempfile.mkdtemp(prefix="commonwatt-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    if api_port and not _port_free(api_port):
+        api_port = 0  # somebody else has it: any free port will do
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # a log file or CI: room for the whole table
+    async with EmbeddedBroker() as broker, DemoSite(SiteSettings(), DemoTiming()).running(broker.host, broker.port):
+        path = folder / "commonwatt.toml"
+        path.write_text(demo_config_text(broker.port, api_port))
+        config = load_config(path)
+        console.print(f"demo configuration: {path}")
+        async with stop_on_signals() as stop, Gateway(config) as gw:
+            await _show(gw, stop, seconds, console)
+    console.print(f"journal kept in {config.journal.path}")
+    return config
+
+
+async def _show(gw: Gateway, stop: asyncio.Event, seconds: float, console: Console) -> None:
+    started = time.time()
+    deadline = started + seconds if seconds > 0 else None
+    refresh: Any = Live(live_table(gw, started), console=console, refresh_per_second=2, transient=False)
+    with refresh if console.is_terminal else contextlib.nullcontext():
+        while not stop.is_set() and (deadline is None or time.time() < deadline):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            if console.is_terminal:
+                refresh.update(live_table(gw, started))
+    if not console.is_terminal:
+        console.print(live_table(gw, started))

@@ -1,0 +1,174 @@
+"""The MQTT source against a real Mosquitto: routing, bad input, acknowledgements."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.app import Gateway
+from gateway.config import parse_config
+from gateway.journal import Journal
+from tests.services import Mosquitto
+
+PLUG = "shellyplusplugs-e86beae1a2b3"
+TOPICS = [
+    f"{PLUG}/events/rpc",
+    f"{PLUG}/status/switch:0",
+    f"{PLUG}/online",
+    "shellies/shellyplug-s-C45BBE/relay/0/power",
+    "shellies/shellyplug-s-C45BBE/relay/0/energy",
+    "tele/tasmota_A1B2C3/SENSOR",
+    "tele/tasmota_A1B2C3/LWT",
+    "stat/tasmota_A1B2C3/RESULT",
+    "solar/114182912345/0/power",
+    "solar/114182912345/0/yieldtotal",
+    "N/c0619ab1b2c3/battery/512/Soc",
+    "N/c0619ab1b2c3/battery/512/Dc/0/Power",
+    "lab/weather/outdoor",
+]
+DEVICES = [
+    {"id": "laser", "protocol": "shelly_gen2", "prefix": PLUG, "role": "machine"},
+    {"id": "drill", "protocol": "shelly_gen1", "prefix": "shellyplug-s-C45BBE", "role": "machine"},
+    {"id": "printers", "protocol": "tasmota", "prefix": "tasmota_A1B2C3", "role": "machine"},
+    {"id": "roof", "protocol": "opendtu", "prefix": "114182912345", "role": "pv"},
+    {"id": "battery", "protocol": "victron_venus", "prefix": "c0619ab1b2c3/battery/512", "role": "battery"},
+    {
+        "id": "weather",
+        "protocol": "generic_json",
+        "prefix": "weather",
+        "role": "other",
+        "options": {
+            "mapping": [{"topic": "lab/weather/outdoor", "device": "weather", "metric": "temperature_c", "path": "t"}]
+        },
+    },
+]
+
+
+class RunningGateway:
+    """A Gateway on an event loop of its own thread, for tests that drive it from outside."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = parse_config(config)
+        self.loop = asyncio.new_event_loop()
+        self.gateway = Gateway(self.config)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> Gateway:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.gateway.__aenter__(), self.loop).result(20)
+        assert self.gateway.mqtt is not None
+        asyncio.run_coroutine_threadsafe(self.gateway.mqtt.wait_connected(), self.loop).result(20)
+        time.sleep(0.3)
+        return self.gateway
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.gateway.__aexit__(None, None, None), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    mq = Mosquitto(tmp_path_factory.mktemp("mqtt")).start()
+    yield mq
+    mq.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    folder = tmp_path_factory.mktemp("gw")
+    config = {
+        "site": {"id": "lab"},
+        "journal": {"path": str(folder / "journal.sqlite"), "max_delay_ms": 5},
+        "mqtt": {"port": broker.port},
+        "api": {"enabled": False},
+        "devices": DEVICES,
+    }
+    with RunningGateway(config) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def device_client(broker: Mosquitto) -> Iterator[paho.Client]:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="fuzzing-devices")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    yield client
+    client.loop_stop()
+    client.disconnect()
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+json_text = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+).map(json.dumps)
+malformed = st.one_of(
+    st.binary(max_size=300),
+    json_text,
+    json_text.map(lambda s: s[: max(1, len(s) // 2)]),  # truncated
+    st.sampled_from(['{"value": "x"}', '{"params": {"switch:0": {"apower": "high"}}}', "nan", "", "{", "\xff"]),
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(st.tuples(st.sampled_from(TOPICS), malformed), min_size=1, max_size=40))
+def test_random_bytes_and_malformed_json_never_stop_ingestion(
+    gateway: Gateway, device_client: paho.Client, messages: list[tuple[str, bytes | str]]
+) -> None:
+    assert gateway.mqtt is not None
+    health = gateway.mqtt.health
+    before = health.messages
+    for topic, payload in messages:
+        device_client.publish(topic, payload, qos=1).wait_for_publish(5)
+    sentinel = time.time()
+    device_client.publish("solar/114182912345/0/power", "123.5", qos=1).wait_for_publish(5)
+    wait_for(lambda: health.messages >= before + len(messages) + 1)
+    wait_for(
+        lambda: gateway.live.devices.get("roof") is not None and gateway.live.devices["roof"].last_seen >= sentinel - 1
+    )
+    assert health.messages == before + len(messages) + 1
+    assert all(reason.replace("_", "").isalpha() for reason in health.rejected)
+    assert "decoder_error" not in health.rejected, "a decoder raised something other than DecodeError"
+    assert health.connected
+
+
+def test_records_of_an_unconfigured_channel_are_counted_not_journaled(
+    gateway: Gateway, device_client: paho.Client
+) -> None:
+    assert gateway.mqtt is not None
+    rejected = gateway.mqtt.health.rejected
+    before = rejected["unconfigured_device"]
+    # The plug's prefix is configured, its second channel is not: that channel's readings have no device.
+    status = {"id": 1, "apower": 5.0, "output": True}
+    device_client.publish(f"{PLUG}/status/switch:1", json.dumps(status), qos=1).wait_for_publish(5)
+    wait_for(lambda: rejected["unconfigured_device"] >= before + 2)
+
+
+def test_messages_are_acknowledged_after_the_journal_commit(gateway: Gateway, device_client: paho.Client) -> None:
+    assert gateway.mqtt is not None
+    path = Path(gateway.config.journal.path)
+    for k in range(200):
+        device_client.publish(f"{PLUG}/online", "true" if k % 2 else "false", qos=1)
+    wait_for(lambda: not gateway.mqtt._acks)  # type: ignore[union-attr]
+    with Journal(path, readonly=True) as journal:
+        assert journal.last_seq() >= gateway.writer.committed_seq > 0
