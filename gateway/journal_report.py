@@ -26,7 +26,7 @@ def _ago(ts: float | None) -> str:
 def print_stats(stats: JournalStats, *, as_json: bool = False) -> None:
     if as_json:
         data = asdict(stats)
-        data["series"] = {f"{d}/{m}": v for (d, m), v in stats.series.items()}
+        data["series"] = {f"{d}/{m}": asdict(v) for (d, m), v in stats.series.items()}
         print(json.dumps(data, indent=2))
         return
     console = Console()
