@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.decoders import PROTOCOLS, decoder_class, is_serial
 
+#: Protocols whose devices the gateway can switch (gateway/actuators/).
+RELAY_PROTOCOLS = frozenset({"shelly_gen2", "shelly_gen1", "tasmota", "esphome"})
+
 Role = Literal["pv", "battery", "grid", "site_load", "machine", "other"]
 _ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 Ident = Annotated[str, Field(pattern=_ID)]
@@ -131,6 +134,51 @@ class Device(_Strict):
         return is_serial(self.protocol)
 
 
+class Machine(_Strict):
+    """A machine members badge into. Its meter, relay and reader are devices declared above."""
+
+    id: Ident
+    name: str = ""
+    #: Device whose power_w / energy_wh readings are this machine's consumption.
+    meter: str
+    #: Device that switches the machine (shelly_gen2, shelly_gen1, tasmota or esphome); none: no relay.
+    relay: str | None = None
+    #: Badge reader(s) at the machine: an esphome node or an rdm6300 serial device.
+    readers: list[str] = Field(default_factory=list)
+    #: Trainings a member must hold (and not expired) to use the machine.
+    trainings: list[Ident] = Field(default_factory=list)
+    #: Under this power the machine counts as idle.
+    idle_threshold_w: float = Field(10.0, ge=0)
+    #: A session ends after the machine has been idle this long ...
+    idle_timeout_s: float = Field(900.0, gt=0)
+    #: ... but never while it still draws: after the timeout, wait for this long under the threshold.
+    spin_down_s: float = Field(60.0, ge=0)
+    #: A session ends after this long whatever happens (0: no limit).
+    max_duration_s: float = Field(8 * 3600.0, ge=0)
+    #: Power above the idle threshold with no session for this long raises an "unauthorized use" alert.
+    unauthorized_after_s: float = Field(30.0, ge=0)
+
+
+class AccessSettings(_Strict):
+    #: After a trainer's badge, a trainee's badge within this many seconds grants the machine's trainings.
+    trainer_window_s: float = Field(30.0, gt=0)
+    #: Opening hours in the site's time zone, per weekday (mon..sun): "09:00-22:00"; absent days are closed.
+    #: No table at all: always open.
+    opening_hours: dict[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], str] | None = None
+    #: A relay command counts as done when the device reports the new state within this many seconds ...
+    relay_confirm_s: float = Field(3.0, gt=0)
+    #: ... else it is sent again this many times, then an alert is raised.
+    relay_retries: int = Field(2, ge=0, le=10)
+
+    @field_validator("opening_hours")
+    @classmethod
+    def _hours(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for day, span in (value or {}).items():
+            if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d", span):
+                raise ValueError(f"{day}: {span!r} is not HH:MM-HH:MM")
+        return value
+
+
 class Config(_Strict):
     site: Site
     journal: JournalSettings = Field(default_factory=JournalSettings)
@@ -138,10 +186,12 @@ class Config(_Strict):
     api: ApiSettings = Field(default_factory=ApiSettings)
     tsdb: TsdbSettings | None = None
     devices: list[Device] = Field(default_factory=list)
+    machines: list[Machine] = Field(default_factory=list)
+    access: AccessSettings = Field(default_factory=AccessSettings)
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
-        problems: list[str] = []
+        problems: list[str] = self._machine_problems()
         seen: dict[str, int] = {}
         keys: dict[tuple[str, str], int] = {}
         for i, dev in enumerate(self.devices):
@@ -157,6 +207,30 @@ class Config(_Strict):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _machine_problems(self) -> list[str]:
+        problems: list[str] = []
+        devices = {d.id: d for d in self.devices}
+        seen: set[str] = set()
+        for i, m in enumerate(self.machines):
+            if m.id in seen:
+                problems.append(f"machines[{i}].id: {m.id!r} is used twice")
+            seen.add(m.id)
+            if m.meter not in devices:
+                problems.append(f"machines[{i}].meter: no device {m.meter!r}")
+            if m.relay is not None:
+                relay = devices.get(m.relay)
+                if relay is None:
+                    problems.append(f"machines[{i}].relay: no device {m.relay!r}")
+                elif relay.protocol not in RELAY_PROTOCOLS:
+                    problems.append(
+                        f"machines[{i}].relay: {relay.protocol} cannot switch a relay; use one of "
+                        + ", ".join(sorted(RELAY_PROTOCOLS))
+                    )
+            for k, reader in enumerate(m.readers):
+                if reader not in devices:
+                    problems.append(f"machines[{i}].readers[{k}]: no device {reader!r}")
+        return problems
 
     def device(self, device_id: str) -> Device:
         for dev in self.devices:
