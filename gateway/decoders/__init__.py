@@ -16,6 +16,8 @@ PROTOCOLS: dict[str, str] = {
     "esphome": "gateway.decoders.esphome:ESPHomeDecoder",
     "generic_json": "gateway.decoders.generic_json:GenericJsonDecoder",
     "dsmr": "gateway.decoders.dsmr:DSMRDecoder",
+    "vedirect": "gateway.decoders.vedirect:VEDirectDecoder",
+    "rdm6300": "gateway.decoders.rdm6300:RDM6300Decoder",
 }
 
 

@@ -6,7 +6,7 @@ readings, the others are ignored without complaint. Values are in D-Bus units
 
 Rounding: D-Bus values are often single-precision floats printed as doubles
 (`20.43000030517578`). Readings are rounded to 3 decimals in their own unit
-(mV, mA, mW, 0.001 %) and energies to whole Wh. That removes the noise without
+(mV, mA, mW, 0.001 %; energies, scaled from kWh to Wh, to the mWh). That removes the noise without
 cutting large counters short, which rounding to significant digits would do.
 
 On `system/0`, `power_w`, `voltage_v`, `current_a` and `soc_pct` are the
@@ -27,7 +27,7 @@ class Field(NamedTuple):
 
 
 def _kwh(metric: str) -> Field:
-    return Field(metric, 1000.0, 0)
+    return Field(metric, 1000.0, 3)
 
 
 def _phases(template: str, metric: str) -> dict[str, Field]:
