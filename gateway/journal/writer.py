@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gateway.journal.schema import NewRow, to_rows
+from gateway.journal.schema import BADGE, NewRow, to_rows
 from gateway.journal.store import Journal
 from gateway.model import Record
 
@@ -76,14 +76,20 @@ class GroupCommitWriter:
     # -- producer side (any thread) ----------------------------------------------------------
 
     def put(self, records: Sequence[Record]) -> None:
-        """Queue Readings and BadgeEvents; returns at once. TypeError for anything else."""
-        self.put_rows(to_rows(records))
+        """Queue Readings and BadgeEvents; returns at once. TypeError for anything else.
 
-    def put_rows(self, rows: Sequence[NewRow]) -> int:
+        Badges are committed at once (see `put_rows`).
+        """
+        rows = to_rows(records)
+        self.put_rows(rows, urgent=any(row[2] == BADGE for row in rows))
+
+    def put_rows(self, rows: Sequence[NewRow], *, urgent: bool = False) -> int:
         """Queue rows (ts, device, metric, value, text); returns at once.
 
         Returns the number of rows ever put including these: they are durable once
         `committed_rows` reaches it (the MQTT source acknowledges messages that way).
+        `urgent` commits at once instead of waiting up to `max_delay` for company: a
+        badge at a machine must not wait for a batch to fill.
         """
         if not rows:
             return self._accepted
@@ -94,6 +100,8 @@ class GroupCommitWriter:
             self._queue.append(batch)
             self._queued += len(batch)
             self._accepted += len(batch)
+            if urgent:
+                self._urgent = max(self._urgent, self._accepted)
             self._cond.notify_all()
             return self._accepted
 

@@ -238,7 +238,8 @@ class MqttSource:
         rows = self._decode(msg, now)
         if rows:
             health.records += len(rows)
-            position = self.writer.put_rows(rows)
+            # A badge is someone waiting at a machine: commit it now, not with the next batch.
+            position = self.writer.put_rows(rows, urgent=rows[0][2] == BADGE)
             if msg.qos:
                 with self._ack_lock:
                     self._acks.append((position, msg.mid))
