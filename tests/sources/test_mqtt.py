@@ -165,10 +165,16 @@ def test_records_of_an_unconfigured_channel_are_counted_not_journaled(
 
 
 def test_messages_are_acknowledged_after_the_journal_commit(gateway: Gateway, device_client: paho.Client) -> None:
-    assert gateway.mqtt is not None
+    mqtt = gateway.mqtt
+    assert mqtt is not None
     path = Path(gateway.config.journal.path)
+    before = mqtt.health.messages
     for k in range(200):
         device_client.publish(f"{PLUG}/online", "true" if k % 2 else "false", qos=1)
-    wait_for(lambda: not gateway.mqtt._acks)  # type: ignore[union-attr]
+    wait_for(lambda: mqtt.health.messages >= before + 200)
+    wait_for(lambda: not mqtt._acks)
+    # Every acknowledged message's rows are committed: nothing acknowledged is still pending.
+    assert gateway.writer.pending == 0
+    committed = gateway.writer.committed_seq
     with Journal(path, readonly=True) as journal:
-        assert journal.last_seq() >= gateway.writer.committed_seq > 0
+        assert journal.last_seq() >= committed > 0
