@@ -25,6 +25,7 @@ from rich.text import Text
 from gateway.app import Gateway, stop_on_signals
 from gateway.config import Config, load_config
 from gateway.demo import GATEWAY_DEVICES, DemoSite, DemoTiming, EmbeddedBroker, SiteSettings
+from gateway.demo.serial_devices import SerialDemo, from_snapshot
 from gateway.quantities import quantity
 
 #: Demo device ids, by the device key the simulators publish under.
@@ -93,7 +94,9 @@ def live_table(gw: Gateway, started: float) -> Group:
         seen = f"{now - live.last_seen:.1f} s ago" if live and live.last_seen else "never"
         cells = [_fmt(m, latest[m][1]) if m in latest else "" for m in SHOWN]
         table.add_row(dev.id, dev.role, seen, *cells)
-    return Group(head, table, Text("Ctrl-C stops the demo.", style="dim"))
+    badge = gw.live.badges[-1] if gw.live.badges else None
+    seen = f"last badge: {badge[2]} at {badge[1]}, {now - badge[0]:.0f} s ago" if badge else "no badge yet"
+    return Group(head, table, Text(seen), Text("Ctrl-C stops the demo.", style="dim"))
 
 
 async def run_demo(*, api_port: int = 8080, seconds: float = 0, folder: Path | None = None) -> Config:
@@ -104,15 +107,34 @@ async def run_demo(*, api_port: int = 8080, seconds: float = 0, folder: Path | N
     console = Console()
     if not console.is_terminal:
         console = Console(width=120)  # a log file or CI: room for the whole table
-    async with EmbeddedBroker() as broker, DemoSite(SiteSettings(), DemoTiming()).running(broker.host, broker.port):
+    async with (
+        EmbeddedBroker() as broker,
+        DemoSite(SiteSettings(), DemoTiming()).running(broker.host, broker.port) as site,
+        SerialDemo(folder, state=from_snapshot(site.snapshot)) as serial,
+    ):
         path = folder / "commonwatt.toml"
-        path.write_text(demo_config_text(broker.port, api_port))
+        path.write_text(demo_config_text(broker.port, api_port) + "\n" + serial.devices_toml())
         config = load_config(path)
         console.print(f"demo configuration: {path}")
         async with stop_on_signals() as stop, Gateway(config) as gw:
-            await _show(gw, stop, seconds, console)
+            badges = asyncio.create_task(_door_badges(serial))
+            try:
+                await _show(gw, stop, seconds, console)
+            finally:
+                badges.cancel()
     console.print(f"journal kept in {config.journal.path}")
     return config
+
+
+#: Cards shown at the door reader now and then (10 hex digits: the RDM6300's 5 data bytes).
+DOOR_CARDS = ("0D00A3F2C1", "0D0047B11E", "0D00C0FFEE")
+
+
+async def _door_badges(serial: SerialDemo) -> None:
+    """Members arriving: a card held at the door reader every few seconds."""
+    for n in range(1_000_000):
+        await asyncio.sleep(7.0)
+        serial.reader.present(DOOR_CARDS[n % len(DOOR_CARDS)], hold_s=0.8)
 
 
 async def _show(gw: Gateway, stop: asyncio.Event, seconds: float, console: Console) -> None:

@@ -401,13 +401,20 @@ class SerialDevice(NamedTuple):
 
 
 BY_ID = Path("serial", "by-id")
+# Role "other" for both Victron devices: the SmartShunt measures the same battery the Venus OS
+# device reports, and the shed-roof MPPT is not part of the demo site's model; as `battery` and
+# `pv` they would be counted twice in the site's energy balance.
 MPPT = SerialDevice(
-    "mppt", "vedirect", "pv", "SmartSolar MPPT, shed roof", "usb-VictronEnergy_BV_VE_Direct_cable_VE6LBNHN-if00-port0"
+    "mppt",
+    "vedirect",
+    "other",
+    "SmartSolar MPPT, shed roof",
+    "usb-VictronEnergy_BV_VE_Direct_cable_VE6LBNHN-if00-port0",
 )
 SHUNT = SerialDevice(
     "shunt",
     "vedirect",
-    "battery",
+    "other",
     "SmartShunt, battery bank",
     "usb-VictronEnergy_BV_VE_Direct_cable_VE7K2ZJ9-if00-port0",
 )
