@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS cursors (
     seq INTEGER NOT NULL,
     updated REAL
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    consumer TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    updated REAL
+);
 CREATE TABLE IF NOT EXISTS series (
     device TEXT NOT NULL,
     metric TEXT NOT NULL,

@@ -134,6 +134,45 @@ class Journal:
             raise
         return before + len(rows)
 
+    def append_with_checkpoint(self, rows: Sequence[NewRow], consumer: str, seq: int, state: str) -> int:
+        """Append what a consumer derived, and its state and cursor, in one transaction.
+
+        A stateful consumer (the machine floor) that handled everything up to `seq` writes
+        the events it produced and its state as of `seq` together: after a crash it resumes
+        from exactly that state and handles the rows after `seq` again, producing nothing
+        twice. Returns the last seq.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = self._max_seq()
+            if rows:
+                conn.executemany(INSERT_ROWS, rows)
+                conn.execute(UPDATE_SERIES, (before,))
+            now = time.time()
+            conn.execute(
+                "INSERT INTO checkpoints (consumer, seq, state, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq, state = excluded.state, "
+                "updated = excluded.updated",
+                (consumer, seq, state, now),
+            )
+            conn.execute(
+                "INSERT INTO cursors (consumer, seq, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq, updated = excluded.updated",
+                (consumer, seq, now),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return before + len(rows)
+
+    def checkpoint(self, consumer: str) -> tuple[int, str] | None:
+        """The (seq, state) `append_with_checkpoint` last stored for `consumer`."""
+        row = self._conn.execute("SELECT seq, state FROM checkpoints WHERE consumer = ?", (consumer,)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
     # -- reading -----------------------------------------------------------------------------
 
     def read(self, after: int, limit: int) -> list[Row]:

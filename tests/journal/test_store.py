@@ -148,3 +148,14 @@ def test_refuses_a_newer_schema(tmp_path: Path) -> None:
 def test_integrity_check(journal: Journal) -> None:
     journal.append(readings(100))
     assert journal.integrity_check() == "ok"
+
+
+def test_checkpoint_is_written_with_the_events_it_produced(tmp_path: Path) -> None:
+    with Journal(tmp_path / "cp.sqlite") as journal:
+        journal.append([Reading(1.0, "m", "power_w", 5.0)])
+        assert journal.checkpoint("floor") is None
+        last = journal.append_with_checkpoint([(2.0, "floor", "event.x", None, "{}")], "floor", 1, '{"a": 1}')
+        assert last == 2
+        assert journal.checkpoint("floor") == (1, '{"a": 1}')
+        assert journal.cursor("floor") == 1
+        assert journal.stats().series[("floor", "event.x")].count == 1
