@@ -158,4 +158,9 @@ class VictoriaMetrics:
         return [json.loads(line) for line in body.splitlines() if line.strip()]
 
     def sample_count(self, match: str) -> int:
-        return sum(len(series["values"]) for series in self.export(match))  # type: ignore[arg-type]
+        total = 0
+        for series in self.export(match):
+            values = series["values"]
+            assert isinstance(values, list)
+            total += len(values)
+        return total
