@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.cli_people import badges_app, load_or_exit, members_app, tokens_app, trainings_app
+from gateway.config import Config
 from gateway.decoders import PROTOCOLS, decoder_class
 from gateway.decoders.base import MqttDecoder, SerialDecoder
 from gateway.decoders.runner import (
@@ -76,13 +77,7 @@ def decode(
 
 
 def _load(path: Path) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        typer.echo(f"{exc.source}: the configuration has {len(exc.problems)} problem(s):", err=True)
-        for problem in exc.problems:
-            typer.echo(f"  {problem}", err=True)
-        raise typer.Exit(2) from None
+    return load_or_exit(path)
 
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="commonwatt.toml")]
@@ -120,6 +115,11 @@ def run(
     asyncio.run(run_gateway(cfg))
 
 
+app.add_typer(members_app, name="members")
+app.add_typer(badges_app, name="badges")
+app.add_typer(trainings_app, name="trainings")
+app.add_typer(tokens_app, name="tokens")
+
 journal_app = typer.Typer(no_args_is_help=True, help="Inspect the journal.")
 app.add_typer(journal_app, name="journal")
 
@@ -147,9 +147,7 @@ def journal_stats(
 def demo(
     api_port: Annotated[int, typer.Option(help="port of the demo's API (0: any free port)")] = 8080,
     seconds: Annotated[float, typer.Option(help="stop after this many seconds (0: run until Ctrl-C)")] = 0,
-    folder: Annotated[
-        Path | None, typer.Option(help="where the demo keeps its files (default: a temp folder)")
-    ] = None,
+    folder: Annotated[Path | None, typer.Option(help="where the demo keeps its files (default: a temp folder)")] = None,
 ) -> None:
     """Run a simulated lab: embedded broker, simulated devices, the gateway, a live table."""
     from gateway.demo.run import run_demo

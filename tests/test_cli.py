@@ -102,3 +102,16 @@ def test_journal_stats_shows_counts_span_devices_and_lag(tmp_path: Path) -> None
     assert stats["cursors"]["tsdb"]["lag"] == 6
     table = commonwatt("journal", "stats", "--config", str(cfg))
     assert "grid" in table.stdout and "tsdb" in table.stdout
+
+
+def test_people_commands_through_the_real_command(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[site]\nid = "lab"\n[journal]\npath = "j.sqlite"\n')
+    assert commonwatt("members", "add", "ada", "Ada Lovelace", "-c", str(cfg)).returncode == 0
+    assert commonwatt("badges", "assign", "04:a3:f2:c1", "ada", "-c", str(cfg)).returncode == 0
+    listed = commonwatt("members", "list", "--json", "-c", str(cfg))
+    assert listed.returncode == 0 and json.loads(listed.stdout)[0]["id"] == "ada"
+    token = commonwatt("tokens", "create", "--role", "member", "--member", "ada", "-c", str(cfg))
+    assert token.returncode == 0 and "cw_" in token.stdout
+    dup = commonwatt("members", "add", "ada", "Someone Else", "-c", str(cfg))
+    assert dup.returncode == 1 and "error:" in dup.stderr
