@@ -15,13 +15,16 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import Config
 from gateway.journal import GroupCommitWriter
 from gateway.live import LiveState
 from gateway.sources.base import SourceHealth
 from gateway.sources.mqtt import MqttSource
+
+if TYPE_CHECKING:
+    from gateway.floor_service import FloorService
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class Gateway:
         )
         self.live = LiveState(config.journal.path)
         self.mqtt: MqttSource | None = None
+        self.floor: FloorService | None = None
         self.sources: list[SourceHealth] = []
         self.sinks: list[Any] = []
         self._wakers: list[Callable[[], None]] = []
@@ -64,6 +68,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self.writer.start()
         self._stack.callback(self.writer.close)
+
         def _committed(_seq: int) -> None:
             loop.call_soon_threadsafe(self._wake_all)
 
@@ -74,6 +79,8 @@ class Gateway:
         self._stack.callback(self.live.close)
         await self._start_sinks()
         await self._start_sources()
+        if self.config.machines:
+            await self._start_floor()
         if self.config.api.enabled:
             await self._start_api()
 
@@ -141,6 +148,20 @@ class Gateway:
         self.sources.append(health)
         self._spawn(source.run(), f"serial-{dev.id}")
 
+    async def _start_floor(self) -> None:
+        from gateway.actuators.relays import RelayActuator
+        from gateway.floor_service import FloorService
+
+        actuator = None
+        publish = None
+        if self.mqtt is not None:
+            publish = self.mqtt.publish
+            actuator = RelayActuator(self.config.devices, publish, client_id=self.client_id)
+        self.floor = FloorService(self.config, actuator=actuator, publish=publish)
+        await self._stack.enter_async_context(self.floor)
+        self._wakers.append(self.floor.notify)
+        # The floor wakes on every commit; the ingest path stays unaware of it.
+
     async def _start_api(self) -> None:
         import uvicorn
 
@@ -153,9 +174,7 @@ class Gateway:
 
         api = self.config.api
         server = _ApiServer(
-            uvicorn.Config(
-                create_app(self), host=api.host, port=api.port, log_level="warning", lifespan="off"
-            )
+            uvicorn.Config(create_app(self), host=api.host, port=api.port, log_level="warning", lifespan="off")
         )
         self._spawn(server.serve(), "api")
         while not server.started:
@@ -210,6 +229,9 @@ class Gateway:
             },
             "sources": sources,
             "sinks": sinks,
+            "floor": None
+            if self.floor is None
+            else {"position": self.floor.position, "decisions": self.floor.decisions, "error": self.floor.last_error},
             "devices": self.device_health(),
         }
 

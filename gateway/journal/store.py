@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.journal.schema import (
     DDL,
@@ -167,6 +168,23 @@ class Journal:
                 conn.execute("ROLLBACK")
             raise
         return before + len(rows)
+
+    def events(
+        self, metric: str, *, after: int = 0, limit: int = 1000, since: float | None = None, until: float | None = None
+    ) -> list[Row]:
+        """Badge or event rows of one kind (`badge`, `event.session_closed` ...), in seq order."""
+        sql = (
+            "SELECT seq, ts, device, metric, value, text FROM records WHERE metric = ? AND text IS NOT NULL AND seq > ?"
+        )
+        args: list[Any] = [metric, after]
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND ts < ?"
+            args.append(until)
+        rows: list[Row] = self._conn.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        return rows
 
     def checkpoint(self, consumer: str) -> tuple[int, str] | None:
         """The (seq, state) `append_with_checkpoint` last stored for `consumer`."""
