@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from gateway.cli_people import badges_app, load_or_exit, members_app, tokens_app, trainings_app
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.decoders import PROTOCOLS, decoder_class
 from gateway.decoders.base import MqttDecoder, SerialDecoder
 from gateway.decoders.runner import (
@@ -119,6 +119,26 @@ app.add_typer(members_app, name="members")
 app.add_typer(badges_app, name="badges")
 app.add_typer(trainings_app, name="trainings")
 app.add_typer(tokens_app, name="tokens")
+
+@app.command()
+def bridge(
+    config: ConfigOpt = Path("commonwatt.toml"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run only the serial devices and publish their records to MQTT for a gateway elsewhere."""
+    from gateway.bridge import check_bridge_config, run_bridge
+
+    cfg = _load(config)
+    try:
+        check_bridge_config(cfg, str(config))
+    except ConfigError as exc:
+        typer.echo(f"{exc.source}: the configuration has {len(exc.problems)} problem(s):", err=True)
+        for problem in exc.problems:
+            typer.echo(f"  {problem}", err=True)
+        raise typer.Exit(2) from None
+    _logging(verbose)
+    asyncio.run(run_bridge(cfg))
+
 
 journal_app = typer.Typer(no_args_is_help=True, help="Inspect the journal.")
 app.add_typer(journal_app, name="journal")

@@ -18,6 +18,7 @@ PROTOCOLS: dict[str, str] = {
     "dsmr": "gateway.decoders.dsmr:DSMRDecoder",
     "vedirect": "gateway.decoders.vedirect:VEDirectDecoder",
     "rdm6300": "gateway.decoders.rdm6300:RDM6300Decoder",
+    "commonwatt_bridge": "gateway.decoders.commonwatt_bridge:BridgeDecoder",
 }
 
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from gateway.decoders.base import DecodeError, MqttDecoder
-from gateway.decoders.commonwatt_bridge.wire import BADGE, OFFLINE, ONLINE, STATUS, TOPIC_ROOT, VERSION
+from gateway.decoders.commonwatt_bridge.wire import OFFLINE, ONLINE, STATUS, TOPIC_ROOT, VERSION
+from gateway.journal.schema import BADGE
 from gateway.model import BadgeEvent, Reading, Record, normalize_uid
 from gateway.quantities import is_known
 
