@@ -77,6 +77,17 @@ class CounterTracker:
         self.out_of_order = 0
         self.invalid = 0
 
+    #: What `state()` saves: everything a restarted gateway needs to continue exactly.
+    STATE = ("last_ts", "high", "resets", "jitters", "gaps", "wraps", "out_of_order", "invalid")
+
+    def state(self) -> dict[str, float | int | None]:
+        """The tracker's progress as plain JSON values (options come from the configuration)."""
+        return {name: getattr(self, name) for name in self.STATE}
+
+    def restore(self, state: dict[str, float | int | None]) -> None:
+        for name in self.STATE:
+            setattr(self, name, state[name])
+
     def update(self, ts: float, value: float) -> CounterDelta | None:
         """The delta this reading adds, or None when the reading is ignored."""
         if not (math.isfinite(value) and value >= 0.0 and math.isfinite(ts)):

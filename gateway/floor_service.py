@@ -175,8 +175,11 @@ class FloorCore:
         return decision, trainer
 
     def _badge(self, ts: float, machine: str, uid: str) -> list[Any]:
+        # Timers due by now (an override that expired, a session that timed out) first:
+        # the decision must see the machine as it is at the badge's time.
+        out: list[Any] = list(self.floor.tick(ts))
         decision, trainer = self.decision(ts, machine, uid)
-        return list(self.floor.badge(ts, machine, decision, trainer=trainer))
+        return out + list(self.floor.badge(ts, machine, decision, trainer=trainer))
 
 
 def event_row(event: Event) -> NewRow:

@@ -81,8 +81,6 @@ class Pending:
     session_id: str | None
 
 
-_COUNTER_FIELDS = ("last_ts", "high", "resets", "jitters", "gaps", "wraps", "out_of_order", "invalid")
-
 Timer = tuple[float, Callable[[float, float], list[Effect]]]
 
 
@@ -346,7 +344,7 @@ class Station:
         data = {name: getattr(self, name) for name in _PLAIN_FIELDS}
         data["session"] = None if self.session is None else asdict(self.session)
         data["pending"] = None if self.pending is None else asdict(self.pending)
-        data["counter"] = {name: getattr(self.counter, name) for name in _COUNTER_FIELDS}
+        data["counter"] = self.counter.state()
         return data
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -356,8 +354,7 @@ class Station:
         self.pending = None if data["pending"] is None else Pending(**data["pending"])
         if self.machine.relay is None:
             self.pending = None  # the relay was removed from the configuration
-        for name in _COUNTER_FIELDS:
-            setattr(self.counter, name, data["counter"][name])
+        self.counter.restore(data["counter"])
 
 
 _PLAIN_FIELDS = tuple(
