@@ -120,6 +120,7 @@ app.add_typer(badges_app, name="badges")
 app.add_typer(trainings_app, name="trainings")
 app.add_typer(tokens_app, name="tokens")
 
+
 @app.command()
 def bridge(
     config: ConfigOpt = Path("commonwatt.toml"),

@@ -42,9 +42,7 @@ def metrics(gateway: GatewayDep) -> str:
     for sink in gateway.sinks:
         h = sink.health.as_json()
         lines.append(_line("commonwatt_sink_lag", h.get("lag"), sink=h.get("name", "tsdb")))
-        lines.append(
-            _line("commonwatt_sink_connected", int(bool(h.get("connected"))), sink=h.get("name", "tsdb"))
-        )
+        lines.append(_line("commonwatt_sink_connected", int(bool(h.get("connected"))), sink=h.get("name", "tsdb")))
     lines.append("# TYPE commonwatt_device_last_seen_seconds gauge")
     for dev_id, dev in sorted(gateway.device_health().items()):
         if dev["last_seen"] is not None:
