@@ -274,8 +274,8 @@ def test_serial_source_reads_the_mppt_through_its_by_id_link(tmp_path: Path) -> 
 def test_devices_snippet_names_every_link(tmp_path: Path) -> None:
     devices = tomllib.loads(devices_toml(tmp_path))["devices"]
     assert [(d["id"], d["protocol"], d["role"]) for d in devices] == [
-        ("mppt", "vedirect", "pv"),
-        ("shunt", "vedirect", "battery"),
+        ("mppt", "vedirect", "other"),
+        ("shunt", "vedirect", "other"),
         ("door-reader", "rdm6300", "other"),
     ]
     assert [d["port"] for d in devices] == [str(link_path(tmp_path, dev)) for dev in SERIAL_DEVICES]
