@@ -173,9 +173,9 @@ class Gateway:
                 yield  # the gateway handles SIGTERM itself: flush first, then stop the API
 
         api = self.config.api
-        server = _ApiServer(
-            uvicorn.Config(create_app(self), host=api.host, port=api.port, log_level="warning", lifespan="off")
-        )
+        app = create_app(self)
+        self._stack.callback(lambda: getattr(app.state, "people", None) and app.state.people.close())
+        server = _ApiServer(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning", lifespan="off"))
         self._spawn(server.serve(), "api")
         while not server.started:
             await asyncio.sleep(0.01)

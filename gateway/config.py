@@ -59,7 +59,7 @@ class MqttSettings(_Strict):
     client_id: str | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
     qos: Literal[0, 1] = 1
-    version: Literal["5", "3.1.1"] = "5"
+    version: Literal["5", "3.1.1"] = "3.1.1"
     session_expiry_s: int = Field(86_400, ge=0)
     tls: bool = False
     ca_file: Path | None = None

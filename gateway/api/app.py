@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from gateway import __version__
-from gateway.api.routes import health, metrics, readings
+from gateway.api.auth import ERRORS
+from gateway.api.routes import alerts, health, machines, members, metrics, readings, sessions
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -27,7 +28,12 @@ def create_app(gateway: Gateway) -> FastAPI:
     )
     app.state.gateway = gateway
     app.add_exception_handler(RequestValidationError, _bad_request)
+    # Open without a token: health, the device readings and /metrics name no member.
     app.include_router(health.router)
-    app.include_router(readings.router)
+    app.include_router(readings.router, responses=ERRORS)
     app.include_router(metrics.router)
+    app.include_router(members.router)
+    app.include_router(machines.router)
+    app.include_router(sessions.router)
+    app.include_router(alerts.router)
     return app

@@ -178,3 +178,37 @@ def test_messages_are_acknowledged_after_the_journal_commit(gateway: Gateway, de
     committed = gateway.writer.committed_seq
     with Journal(path, readonly=True) as journal:
         assert journal.last_seq() >= committed > 0
+
+
+def test_a_default_inflight_window_does_not_throttle_acknowledgement_after_commit(tmp_path: Path) -> None:
+    """Mosquitto's default window (20 unacknowledged messages) with acks that wait for the commit."""
+    broker = Mosquitto(tmp_path / "mq")
+    broker.extra_conf = "max_inflight_messages 20\n"
+    broker.start()
+    try:
+        for version in ("3.1.1", "5"):
+            config = {
+                "site": {"id": "lab"},
+                "journal": {"path": str(tmp_path / f"j{version}.sqlite"), "max_delay_ms": 200},
+                "mqtt": {"port": broker.port, "version": version, "client_id": f"gw-{version}"},
+                "api": {"enabled": False},
+                "devices": DEVICES[:1],
+            }
+            with RunningGateway(config) as gw:
+                assert gw.mqtt is not None
+                client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"plug-{version}")
+                client.max_inflight_messages_set(100)
+                client.connect("127.0.0.1", broker.port)
+                client.loop_start()
+                started = time.monotonic()
+                for k in range(2000):
+                    client.publish(f"{PLUG}/online", "true" if k % 2 else "false", qos=1)
+                wait_for(lambda gw=gw: gw.mqtt.health.messages >= 2000, 20)  # type: ignore[union-attr]
+                elapsed = time.monotonic() - started
+                client.loop_stop()
+                client.disconnect()
+            # 2000 messages in windows of 20 with a 200 ms batch delay would take 20 s if every
+            # window waited for the delay; committing when the window fills takes well under that.
+            assert elapsed < 8, f"MQTT {version}: {elapsed:.1f} s for 2000 messages"
+    finally:
+        broker.stop()
