@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from gateway.model import Reading
 from gateway.quantities import QUANTITIES, base_name
@@ -42,9 +41,12 @@ Flag = Literal["ok", "reset", "jitter", "gap", "first"]
 WRAP_BAND = 0.1
 
 
-@dataclass(frozen=True, slots=True)
-class CounterDelta:
-    """Energy counted between two readings of one counter. Never negative."""
+class CounterDelta(NamedTuple):
+    """Energy counted between two readings of one counter. Never negative.
+
+    A named tuple rather than a dataclass: one is made per counter reading, and a replay
+    of a month makes millions (bench/replay.py).
+    """
 
     start_ts: float
     end_ts: float

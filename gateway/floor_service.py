@@ -54,6 +54,8 @@ CONSUMER = "floor"
 OPERATOR_EVENT = "event.operator"
 READ_LIMIT = 5_000
 TICK_S = 1.0
+#: Without events, the floor's state is saved at most this often (see `_commit`).
+CHECKPOINT_EVERY_S = 5.0
 
 Publish = Callable[..., None]
 
@@ -202,6 +204,7 @@ class FloorService:
         self.core: FloorCore | None = None
         self.journal: Journal | None = None
         self.position = 0
+        self._checkpointed = 0.0
         self.decisions = 0
         self.last_error: str | None = None
 
@@ -281,11 +284,17 @@ class FloorService:
         grants = [e for e in events if isinstance(e, TrainingGranted)]
         for grant in grants:  # idempotent: a replay after a crash renews the same grant
             self.core.people.grant_training(grant.member_id, grant.training, granted_by=grant.granted_by, at=grant.ts)
-        if not events and position == self.position:
+        now = time.monotonic()
+        if not events and (position == self.position or now - self._checkpointed < CHECKPOINT_EVERY_S):
+            # Nothing decided: the state only moved with the readings, which a restart replays
+            # from the last checkpoint to the same result. Saving it on every commit would make
+            # the floor compete with the ingest path for the database.
+            self.position = position
             return
         state = json.dumps(self.core.floor.to_json())
         self.journal.append_with_checkpoint([event_row(e) for e in events], CONSUMER, position, state)
         self.position = position
+        self._checkpointed = now
         self.decisions += sum(1 for e in events if e.kind == "access")
 
     def _act(self, effects: list[Any]) -> None:

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.counters import CounterTracker
+from gateway.domain.energy.apportion import split, split4, split_pair
+from gateway.domain.energy.intervals import ESTIMATED, INTEGRATED, MISSING, OK, CounterSeries, PowerSeries, worst
+
+
+def counter(points: list[tuple[float, float]], interval_s: int = 60, max_gap_s: float = 900.0) -> CounterSeries:
+    s = CounterSeries(interval_s=interval_s, max_gap_s=max_gap_s)
+    s.feed([t for t, _ in points], [v for _, v in points])
+    return s
+
+
+def test_plain_deltas_fall_in_their_interval() -> None:
+    s = counter([(0.0, 0.0), (30.0, 1.0), (60.0, 2.0), (90.0, 2.5), (120.0, 3.0)])
+    energy, flags = s.result.as_lists(0, 2)
+    assert energy == [2000, 1000]
+    assert flags == [OK, OK]
+
+
+def test_one_boundary_is_cut_by_time_without_flag() -> None:
+    s = counter([(0.0, 0.0), (50.0, 0.0), (70.0, 2.0), (120.0, 2.0)])
+    energy, flags = s.result.as_lists(0, 2)
+    assert energy == [1000, 1000]
+    assert flags == [OK, OK]
+
+
+def test_delta_over_several_intervals_is_spread_and_estimated() -> None:
+    s = counter([(0.0, 0.0), (30.0, 0.0), (200.0, 1.7), (240.0, 1.7)])
+    energy, flags = s.result.as_lists(0, 4)
+    # 1700 mWh over 170 s: 30 s, 60 s, 60 s, 20 s.
+    assert energy == [300, 600, 600, 200]
+    assert flags == [ESTIMATED] * 4
+
+
+def test_gap_is_missing_and_unplaced() -> None:
+    s = counter([(0.0, 0.0), (60.0, 1.0), (2000.0, 5.0), (2040.0, 6.0), (2100.0, 6.0)], max_gap_s=900)
+    energy, flags = s.result.as_lists(0, 35)
+    assert s.result.unplaced_mwh == 4000
+    assert energy[0] == 1000 and energy[33] == 1000
+    assert flags[0] == OK and all(f & MISSING for f in flags[1:34]) and flags[34] == OK
+    assert sum(energy) + s.result.unplaced_mwh == 6000
+
+
+def test_reset_counts_what_the_meter_shows_and_flags_missing() -> None:
+    s = counter([(0.0, 100.0), (30.0, 101.0), (60.0, 102.0), (90.0, 0.5), (120.0, 1.0)])
+    energy, flags = s.result.as_lists(0, 2)
+    assert energy == [2000, 1000]
+    assert flags == [OK, MISSING]
+
+
+def test_coverage_before_first_and_after_last_reading_is_missing() -> None:
+    s = counter([(70.0, 0.0), (130.0, 1.0), (190.0, 2.0)])
+    _energy, flags = s.result.as_lists(0, 4)
+    assert flags == [MISSING, MISSING, OK, MISSING]
+
+
+def test_power_trapezoid_and_sign_change() -> None:
+    p = PowerSeries(interval_s=60)
+    # +3600 W for 60 s = 60 Wh; then from +3600 to -3600 over 60 s: 15 Wh each way.
+    p.feed([0.0, 60.0, 120.0], [3600.0, 3600.0, -3600.0])
+    pos, neg = p.results()
+    assert pos.as_lists(0, 2) == ([60_000, 15_000], [INTEGRATED, INTEGRATED])
+    assert neg.as_lists(0, 2)[0] == [0, 15_000]
+
+
+def test_power_gap_is_missing() -> None:
+    p = PowerSeries(interval_s=60, max_gap_s=120)
+    p.feed([0.0, 60.0, 600.0, 660.0], [100.0, 100.0, 100.0, 100.0])
+    pos, _neg = p.results()
+    _energy, flags = pos.as_lists(0, 11)
+    assert flags[0] == INTEGRATED and flags[10] == INTEGRATED
+    assert all(f & MISSING for f in flags[1:10])
+    assert worst(flags[5]) == "missing"
+
+
+@given(st.integers(-(10**9), 10**9), st.lists(st.integers(0, 10**6), min_size=1, max_size=8))
+def test_split_sums_exactly(total: int, weights: list[int]) -> None:
+    parts = split(total, weights)
+    assert sum(parts) == total
+    if sum(weights) and total >= 0:
+        assert all(abs(p * sum(weights) - total * w) < sum(weights) for p, w in zip(parts, weights, strict=True))
+
+
+@given(st.integers(-(10**9), 10**9), st.lists(st.integers(0, 10**6), min_size=4, max_size=4))
+def test_fast_splits_agree(total: int, w: list[int]) -> None:
+    assert list(split4(total, *w)) == split(total, w)
+    assert split_pair(total, w[0], w[1]) == split(total, w[:2])[0] or sum(w[:2]) == 0
+
+
+steps = st.lists(
+    st.tuples(
+        st.floats(0.5, 400.0),  # seconds since the last reading
+        st.floats(0.0, 50.0),  # Wh added
+        st.sampled_from(["ok"] * 8 + ["reset", "jitter"]),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps, st.sampled_from([60, 900, 1800]), st.floats(0.0, 10_000.0))
+def test_counter_energy_reconciles_with_the_tracker(raw: list[tuple[float, float, str]], step: int, t0: float) -> None:
+    """Intervals + unplaced = every tracker delta rounded to the mWh; nothing invented."""
+    t, v = t0, 1000.0
+    points = [(t, v)]
+    for dt, add, event in raw:
+        t += dt
+        v = add if event == "reset" else (v - 0.01 if event == "jitter" else v + add)
+        points.append((round(t, 3), round(v, 3)))
+    s = counter(points, interval_s=step, max_gap_s=300.0)
+    ref = CounterTracker(max_gap_s=300.0)
+    expected = sum(round(d.delta * 1000) for tt, vv in points if (d := ref.update(tt, vv)) is not None)
+    assert s.result.total_mwh() + s.result.unplaced_mwh == expected
+    assert all(e >= 0 for e in s.result.energy.values())
