@@ -25,7 +25,9 @@ from rich.text import Text
 from gateway.app import Gateway, stop_on_signals
 from gateway.config import Config, load_config
 from gateway.demo import GATEWAY_DEVICES, DemoSite, DemoTiming, EmbeddedBroker, SiteSettings
+from gateway.demo.scenario import BadgeNodes, Scenario, machines_toml, seed_people
 from gateway.demo.serial_devices import SerialDemo, from_snapshot
+from gateway.people import People
 from gateway.quantities import quantity
 
 #: Demo device ids, by the device key the simulators publish under.
@@ -76,7 +78,7 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:,.1f} {unit}".strip()
 
 
-def live_table(gw: Gateway, started: float) -> Group:
+def live_table(gw: Gateway, started: float, scenario: Scenario | None = None) -> Group:
     health = gw.health()
     mqtt = health["sources"][0] if health["sources"] else {}
     elapsed = max(time.time() - started, 1e-3)
@@ -96,7 +98,32 @@ def live_table(gw: Gateway, started: float) -> Group:
         table.add_row(dev.id, dev.role, seen, *cells)
     badge = gw.live.badges[-1] if gw.live.badges else None
     seen = f"last badge: {badge[2]} at {badge[1]}, {now - badge[0]:.0f} s ago" if badge else "no badge yet"
-    return Group(head, table, Text(seen), Text("Ctrl-C stops the demo.", style="dim"))
+    lines: list[Table | Text] = [head, table, *_machines(gw, now), Text(seen)]
+    if scenario is not None:
+        lines.append(Text(f"at the machines: {scenario.last}"))
+    return Group(*lines, Text("Ctrl-C stops the demo.", style="dim"))
+
+
+def _machines(gw: Gateway, now: float) -> list[Table]:
+    """Each machine's state and session, as the floor sees it."""
+    if gw.floor is None:
+        return []
+    table = Table("machine", "state", "member", "session", "energy", "relay", expand=False)
+    for machine in gw.config.machines:
+        view = gw.floor.machine_view(machine.id)
+        s = view.session
+        relay = "" if view.relay_on is None else ("on" if view.relay_on else "off")
+        if view.relay_pending is not None:
+            relay += " (switching)"
+        table.add_row(
+            machine.name or machine.id,
+            view.state,
+            s.member_id if s else "",
+            f"{(now - s.start) / 60:.1f} min" if s else "",
+            f"{s.energy_wh:.1f} Wh" if s else "",
+            relay,
+        )
+    return [table]
 
 
 async def run_demo(*, api_port: int = 8080, seconds: float = 0, folder: Path | None = None) -> Config:
@@ -109,19 +136,25 @@ async def run_demo(*, api_port: int = 8080, seconds: float = 0, folder: Path | N
         console = Console(width=120)  # a log file or CI: room for the whole table
     async with (
         EmbeddedBroker() as broker,
-        DemoSite(SiteSettings(), DemoTiming()).running(broker.host, broker.port) as site,
+        DemoSite(SiteSettings(autopilot=False), DemoTiming()).running(broker.host, broker.port) as site,
         SerialDemo(folder, state=from_snapshot(site.snapshot)) as serial,
+        BadgeNodes(broker.host, broker.port) as nodes,
     ):
         path = folder / "commonwatt.toml"
-        path.write_text(demo_config_text(broker.port, api_port) + "\n" + serial.devices_toml())
+        path.write_text(demo_config_text(broker.port, api_port) + "\n" + serial.devices_toml() + "\n" + machines_toml())
         config = load_config(path)
+        with People(config.journal.path) as people:
+            seed_people(people)
         console.print(f"demo configuration: {path}")
         async with stop_on_signals() as stop, Gateway(config) as gw:
-            badges = asyncio.create_task(_door_badges(serial))
-            try:
-                await _show(gw, stop, seconds, console)
-            finally:
-                badges.cancel()
+            if gw.mqtt is not None:
+                await gw.mqtt.wait_connected()  # badges are not retained: the gateway must be listening
+            async with Scenario(site, nodes) as scenario:
+                badges = asyncio.create_task(_door_badges(serial))
+                try:
+                    await _show(gw, stop, seconds, console, scenario)
+                finally:
+                    badges.cancel()
     console.print(f"journal kept in {config.journal.path}")
     return config
 
@@ -137,15 +170,17 @@ async def _door_badges(serial: SerialDemo) -> None:
         serial.reader.present(DOOR_CARDS[n % len(DOOR_CARDS)], hold_s=0.8)
 
 
-async def _show(gw: Gateway, stop: asyncio.Event, seconds: float, console: Console) -> None:
+async def _show(
+    gw: Gateway, stop: asyncio.Event, seconds: float, console: Console, scenario: Scenario | None = None
+) -> None:
     started = time.time()
     deadline = started + seconds if seconds > 0 else None
-    refresh: Any = Live(live_table(gw, started), console=console, refresh_per_second=2, transient=False)
+    refresh: Any = Live(live_table(gw, started, scenario), console=console, refresh_per_second=2, transient=False)
     with refresh if console.is_terminal else contextlib.nullcontext():
         while not stop.is_set() and (deadline is None or time.time() < deadline):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             if console.is_terminal:
-                refresh.update(live_table(gw, started))
+                refresh.update(live_table(gw, started, scenario))
     if not console.is_terminal:
-        console.print(live_table(gw, started))
+        console.print(live_table(gw, started, scenario))
