@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -150,6 +151,16 @@ class BufferedClient(paho.Client):
         return rc
 
 
+def _no_delay(_client: paho.Client, _userdata: Any, sock: Any) -> None:
+    """Relay commands and acknowledgements are small single packets: send each at once.
+
+    paho leaves Nagle's algorithm on, so a relay command written right after a badge's
+    PUBACK waits for the broker's delayed ACK (40 ms on Linux): bench/badge_latency.py.
+    """
+    if isinstance(sock, socket.socket):  # ssl.SSLSocket included
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def build_routes(devices: Sequence[Device]) -> list[Route]:
     routes = []
     for dev in devices:
@@ -213,6 +224,7 @@ class MqttSource:
             client.tls_set(ca_certs=str(s.ca_file) if s.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_queued_messages_set(10_000)
+        client.on_socket_open = _no_delay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
