@@ -26,9 +26,11 @@ a window of 65,535 (Receive Maximum).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections import deque
@@ -116,6 +118,10 @@ def to_rows(records: list[Record], keys: dict[str, str]) -> tuple[list[NewRow], 
     return rows, unknown
 
 
+_PUBACK = struct.Struct("!BBH")
+_PUBACK_BYTE = 0x40
+
+
 class BufferedClient(paho.Client):
     """paho's client, reading the socket in large chunks.
 
@@ -143,6 +149,24 @@ class BufferedClient(paho.Client):
         chunk = self._cw_buf[pos : pos + bufsize]
         self._cw_pos = pos + len(chunk)
         return chunk
+
+    def ack_many(self, mids: Sequence[int]) -> None:
+        """Acknowledge QoS 1 messages with one write and one wake-up of the network thread.
+
+        paho's `ack()` queues each PUBACK as a packet of its own, wakes the network thread
+        with a syscall and writes it with another: about 40 µs a message here, a third of
+        the ingest path. A PUBACK is four bytes (MQTT 3.1.1, and MQTT 5 with success and no
+        properties); the whole batch goes out as one buffer.
+        """
+        if not mids:
+            return
+        blob = b"".join(_PUBACK.pack(_PUBACK_BYTE, 2, mid) for mid in mids)
+        packet = {"command": _PUBACK_BYTE, "mid": 0, "qos": 0, "pos": 0, "to_process": len(blob), "packet": blob}
+        self._out_packet.append(packet | {"info": None})  # type: ignore[arg-type]
+        if self._sockpairW is not None:
+            with contextlib.suppress(BlockingIOError):
+                self._sockpairW.send(b"0")
+        self._call_socket_register_write()
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
@@ -204,7 +228,7 @@ class MqttSource:
         self._keepalive_task: asyncio.Task[None] | None = None
         self.device_online: dict[str, bool] = {}
 
-    def _make_client(self, client_id: str) -> paho.Client:
+    def _make_client(self, client_id: str) -> BufferedClient:
         s = self.settings
         if s.version == "5":
             client = BufferedClient(
@@ -297,11 +321,12 @@ class MqttSource:
     def _ack_committed(self, _seq: int) -> None:
         """Writer thread, after each commit: acknowledge the messages whose rows are now durable."""
         done = self.writer.committed_rows
-        ack = self.client.ack
+        mids = []
         with self._ack_lock:
             acks = self._acks
             while acks and acks[0][0] <= done:
-                ack(acks.popleft()[1], 1)
+                mids.append(acks.popleft()[1])
+        self.client.ack_many(mids)
 
     def _send_keepalives(self, *, first: bool = False) -> None:
         for route in {id(r.decoder): r for r in self.router.routes}.values():
