@@ -141,6 +141,26 @@ def bridge(
     asyncio.run(run_bridge(cfg))
 
 
+audit_app = typer.Typer(no_args_is_help=True, help="Check the ledger's audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("check-proof")
+def audit_check_proof(
+    files: Annotated[list[Path], typer.Argument(help="proof files downloaded from the gateway")],
+    key: Annotated[
+        list[str] | None, typer.Option("--key", help="the log's verifier key as your lab publishes it")
+    ] = None,
+) -> None:
+    """Offline: are my transactions under a signed checkpoint, does a later checkpoint extend an earlier one?"""
+    from gateway.audit import check_proof_files
+
+    ok, lines = check_proof_files(files, key or [])
+    for line in lines:
+        typer.echo(line)
+    raise typer.Exit(0 if ok else 1)
+
+
 journal_app = typer.Typer(no_args_is_help=True, help="Inspect the journal.")
 app.add_typer(journal_app, name="journal")
 
