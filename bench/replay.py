@@ -10,6 +10,10 @@ to `gateway.domain.energy` (timed). A plain per-reading implementation, written 
 way below, runs on the first `--baseline-days` and is extrapolated to the month. Last, the
 time to read the rows back from a SQLite journal (`SELECT ts, device, metric, value`) is
 measured on `--sqlite-days` of them, since a replay from the journal pays it too.
+
+`--journal-days N` (default 0: skipped) writes N days into a real SQLite journal (not timed)
+and times `gateway.energy_service.replay_journal` on it: the whole `commonwatt replay` path
+(batched reads of the energy metrics only, the domain, the interval tables written).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 from gateway.counters import CounterBank
 from gateway.domain.energy import EnergySettings, Session, SiteMeters, finish
 from gateway.domain.energy.meters import Router
-from gateway.journal import Journal
+from gateway.journal import Journal, NewRow
 
 START = 1_709_251_200  # 2024-03-01 00:00 UTC
 DAY = 86_400
@@ -181,12 +185,72 @@ def sqlite_rate(rows: list[Row4]) -> float:
         return rate
 
 
+def journal_replay(days: int, sessions: list[Session]) -> None:
+    """`commonwatt replay` on a real journal of `days` days: readings/s through the service."""
+    import json
+
+    from gateway.config import parse_config
+    from gateway.energy_service import replay_journal
+
+    meters = site()
+    devices = [
+        {"id": d, "protocol": "shelly_gen2", "prefix": f"p-{d}", "role": r} for d, r in sorted(meters.roles.items())
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "journal.sqlite"
+        config = parse_config(
+            {
+                "site": {"id": "bench"},
+                "journal": {"path": str(path)},
+                "mqtt": {},
+                "devices": devices,
+                "machines": [{"id": m, "meter": d} for m, d in sorted(meters.machines.items())],
+            }
+        )
+        gen = Simulator(sessions, random.Random(7))
+        with Journal(path) as journal:
+            for day in range(days):
+                rows: list[NewRow] = [(ts, d, m, v, None) for ts, d, m, v in gen.day(day)]
+                for s in sessions:
+                    if START + day * DAY <= s.start < START + (day + 1) * DAY:
+                        body = {"session_id": s.session_id, "machine_id": s.machine_id, "member_id": s.member_id}
+                        rows.append(
+                            (
+                                s.start,
+                                s.machine_id,
+                                "event.session_opened",
+                                None,
+                                json.dumps({**body, "start": s.start}),
+                            )
+                        )
+                        closed = {**body, "start": s.start, "end": s.end}
+                        rows.append((s.end or s.start, s.machine_id, "event.session_closed", None, json.dumps(closed)))
+                rows.sort(key=lambda r: r[0])
+                for i in range(0, len(rows), 5000):
+                    journal.append_rows(rows[i : i + 5000])
+        summary = replay_journal(config)
+        rate = summary.readings / summary.seconds
+        print(
+            f"commonwatt replay from SQLite: {rate:,.0f} readings/s, "
+            f"{summary.readings:,} readings in {summary.seconds:,.1f} s"
+        )
+        print(
+            f"  {summary.intervals:,} intervals written; "
+            f"a 30-day month at this rate: {13_478_400 / rate:,.1f} s (extrapolated)"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--baseline-days", type=int, default=1)
     ap.add_argument("--sqlite-days", type=int, default=1)
+    ap.add_argument("--journal-days", type=int, default=0)
     args = ap.parse_args()
+    if args.journal_days:
+        journal_replay(args.journal_days, make_sessions(args.journal_days, random.Random(5)))
+        if args.days == 0:
+            return
     rng = random.Random(5)
     sessions = make_sessions(args.days, rng)
     gen = Simulator(sessions, rng)

@@ -24,6 +24,7 @@ from gateway.sources.base import SourceHealth
 from gateway.sources.mqtt import MqttSource
 
 if TYPE_CHECKING:
+    from gateway.energy_service import EnergyService
     from gateway.floor_service import FloorService
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,14 @@ class Gateway:
         self.live = LiveState(config.journal.path)
         self.mqtt: MqttSource | None = None
         self.floor: FloorService | None = None
+        self.energy: EnergyService | None = None
         self.sources: list[SourceHealth] = []
         self.sinks: list[Any] = []
         self._wakers: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stack = contextlib.AsyncExitStack()
+        #: Set when the gateway stops, so long-lived responses (the pages' event stream) end cleanly.
+        self.stopping = asyncio.Event()
         self.api_port: int | None = None
 
     def _client_id(self) -> str:
@@ -81,6 +85,8 @@ class Gateway:
         await self._start_sources()
         if self.config.machines:
             await self._start_floor()
+        if self.config.devices:
+            await self._start_energy()
         if self.config.api.enabled:
             await self._start_api()
 
@@ -162,6 +168,28 @@ class Gateway:
         self._wakers.append(self.floor.notify)
         # The floor wakes on every commit; the ingest path stays unaware of it.
 
+    async def _start_energy(self) -> None:
+        from gateway.energy_service import EnergyService, EnergyTsdbWriter
+
+        self.energy = EnergyService(self.config)
+        await self._stack.enter_async_context(self.energy)
+        self._wakers.append(self.energy.notify)
+        if self.config.tsdb is not None:
+            t = self.config.tsdb
+            writer = EnergyTsdbWriter(
+                journal_path=self.config.journal.path,
+                site=self.config.site.id,
+                url=t.url,
+                token=t.token,
+                org=t.org,
+                bucket=t.bucket,
+                timeout_s=t.timeout_s,
+                max_backoff_s=t.max_backoff_s,
+            )
+            await self._stack.enter_async_context(writer)
+            self._wakers.append(writer.notify)
+            self.sinks.append(writer)
+
     async def _start_api(self) -> None:
         import uvicorn
 
@@ -187,6 +215,8 @@ class Gateway:
         self._stack.push_async_callback(_stop_api)
 
     async def __aexit__(self, *exc: object) -> None:
+        self.stopping.set()
+        await asyncio.sleep(0.05)
         # Order: stop the sources (no new records), flush the journal, stop the consumers.
         if self.mqtt is not None:
             await self.mqtt.__aexit__(None, None, None)
@@ -229,6 +259,9 @@ class Gateway:
             },
             "sources": sources,
             "sinks": sinks,
+            "energy": None
+            if self.energy is None
+            else {"position": self.energy.position, "error": self.energy.last_error},
             "floor": None
             if self.floor is None
             else {"position": self.floor.position, "decisions": self.floor.decisions, "error": self.floor.last_error},

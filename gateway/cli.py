@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from gateway.cli_energy import energy_app, replay
 from gateway.cli_people import badges_app, load_or_exit, members_app, tokens_app, trainings_app
 from gateway.config import Config, ConfigError
 from gateway.decoders import PROTOCOLS, decoder_class
@@ -116,6 +117,8 @@ def run(
 
 
 app.add_typer(members_app, name="members")
+app.command("replay")(replay)
+app.add_typer(energy_app, name="energy")
 app.add_typer(badges_app, name="badges")
 app.add_typer(trainings_app, name="trainings")
 app.add_typer(tokens_app, name="tokens")

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.decoders import PROTOCOLS, decoder_class, is_serial
+from gateway.domain.energy import EnergySettings, Intensity
+from gateway.ledger.pricing import PricingPolicy
 
 #: Protocols whose devices the gateway can switch (gateway/actuators/).
 RELAY_PROTOCOLS = frozenset({"shelly_gen2", "shelly_gen1", "tasmota", "esphome"})
@@ -179,6 +181,38 @@ class AccessSettings(_Strict):
         return value
 
 
+class EnergyConfig(_Strict):
+    """`[energy]` of commonwatt.toml: how the site's energy is cut into intervals and shared."""
+
+    #: Interval length: 60 s, or 900 / 1800 s as energy communities settle.
+    interval_s: Literal[60, 300, 900, 1800, 3600] = 60
+    #: A counter silent longer than this: its next delta is not placed, the intervals are `missing`.
+    max_gap_s: float = Field(900.0, gt=0, le=86_400)
+    convention: Literal["proportional", "priority"] = "proportional"
+    #: Grid carbon intensity, g CO₂ per kWh: a constant ...
+    co2_g_per_kwh: float = Field(0.0, ge=0, le=5000)
+    #: ... or a step series [[from unix seconds, g/kWh], ...] (the constant applies before its first step).
+    co2_series: list[tuple[float, float]] = Field(default_factory=list)
+    #: The live service makes an interval final this long after its end (default: two intervals).
+    final_after_s: float | None = Field(None, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _sorted(self) -> EnergyConfig:
+        if [t for t, _ in self.co2_series] != sorted(t for t, _ in self.co2_series):
+            raise ValueError("co2_series: steps must be in time order")
+        return self
+
+    def settings(self) -> EnergySettings:
+        return EnergySettings(interval_s=self.interval_s, max_gap_s=self.max_gap_s, convention=self.convention)
+
+    def intensity(self) -> Intensity:
+        return Intensity(constant=self.co2_g_per_kwh, series=tuple(self.co2_series))
+
+    @property
+    def grace_s(self) -> float:
+        return self.final_after_s if self.final_after_s is not None else 2.0 * self.interval_s
+
+
 class Config(_Strict):
     site: Site
     journal: JournalSettings = Field(default_factory=JournalSettings)
@@ -188,6 +222,8 @@ class Config(_Strict):
     devices: list[Device] = Field(default_factory=list)
     machines: list[Machine] = Field(default_factory=list)
     access: AccessSettings = Field(default_factory=AccessSettings)
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    pricing: PricingPolicy = Field(default_factory=PricingPolicy)
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
@@ -230,6 +266,9 @@ class Config(_Strict):
             for k, reader in enumerate(m.readers):
                 if reader not in devices:
                     problems.append(f"machines[{i}].readers[{k}]: no device {reader!r}")
+        for machine in self.pricing.machines:
+            if machine not in seen:
+                problems.append(f"pricing.machines.{machine}: no machine {machine!r}")
         return problems
 
     def device(self, device_id: str) -> Device:

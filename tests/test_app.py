@@ -132,3 +132,29 @@ def test_every_protocol_reaches_victoriametrics_with_units_in_the_names(
     assert laser[0]["timestamps"] == [(1_750_000_000 + k) * 1000 for k in range(n)]
     printers = victoria.export('{__name__="commonwatt_energy_wh", device="printers"}')
     assert [round(v, 6) for v in printers[0]["values"]] == [1000.0 + k for k in range(n)]
+
+
+def test_the_energy_balance_reaches_victoriametrics(
+    tmp_path: Path, mosquitto: Mosquitto, victoria: VictoriaMetrics
+) -> None:
+    machines = [{"id": "laser", "meter": "laser"}]
+    config = parse_config(site_config(tmp_path, mosquitto, tsdb={"url": victoria.url}, machines=machines))
+
+    async def scenario() -> None:
+        async with Gateway(config) as gw:
+            assert gw.mqtt is not None
+            await gw.mqtt.wait_connected()
+            await asyncio.sleep(0.2)
+            now = time.time()
+            for k in range(12):  # two minutes of a machine drawing 600 W, as its plug counts it
+                status = {"apower": 600.0, "aenergy": {"total": 1000.0 + k * 1.0}}
+                notify = {"method": "NotifyStatus", "params": {"ts": now - 120 + k * 10, "switch:0": status}}
+                await asyncio.to_thread(mosquitto.publish, f"{PLUG}/events/rpc", json.dumps(notify))
+            await asyncio.to_thread(
+                wait_for, lambda: bool(victoria.export('{__name__="commonwatt_energy_consumption_mwh"}')), 20
+            )
+
+    asyncio.run(scenario())
+    base = victoria.export('{__name__="commonwatt_energy_energy_mwh", kind="unattributed", machine="laser"}')
+    assert base, "the laser's unattributed energy by interval is a series"
+    assert sum(sum(s["values"]) for s in base) > 0  # type: ignore[misc]

@@ -27,6 +27,7 @@ from gateway.config import Config, load_config
 from gateway.demo import GATEWAY_DEVICES, DemoSite, DemoTiming, EmbeddedBroker, SiteSettings
 from gateway.demo.scenario import BadgeNodes, Scenario, machines_toml, seed_people
 from gateway.demo.serial_devices import SerialDemo, from_snapshot
+from gateway.energy_report import today_line
 from gateway.people import People
 from gateway.quantities import quantity
 
@@ -101,6 +102,7 @@ def live_table(gw: Gateway, started: float, scenario: Scenario | None = None) ->
     lines: list[Table | Text] = [head, table, *_machines(gw, now), Text(seen)]
     if scenario is not None:
         lines.append(Text(f"at the machines: {scenario.last}"))
+    lines.append(Text(today_line(gw.config.journal.path, time.time())))
     return Group(*lines, Text("Ctrl-C stops the demo.", style="dim"))
 
 

@@ -43,6 +43,8 @@ PROTECTED = [(m, p) for m, p in ROUTES if p not in OPEN]
 #: For each route, the request a member token (ada) makes to reach at bob's data:
 #: path parameters, query and body. A route missing here fails the isolation test.
 REACH_FOR_BOB: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/api/v1/energy/balance"): {},
+    ("GET", "/api/v1/members/{member_id}/energy"): {},
     ("GET", "/metrics"): {},
     ("GET", "/api/v1/health"): {},
     ("GET", "/api/openapi.json"): {},
