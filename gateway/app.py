@@ -46,6 +46,7 @@ class Gateway:
         self.mqtt: MqttSource | None = None
         self.floor: FloorService | None = None
         self.energy: EnergyService | None = None
+        self.homeassistant: Any = None
         self.sources: list[SourceHealth] = []
         self.sinks: list[Any] = []
         self._wakers: list[Callable[[], None]] = []
@@ -127,13 +128,34 @@ class Gateway:
 
     async def _start_sources(self) -> None:
         cfg = self.config
-        if cfg.mqtt is not None and any(not d.is_serial for d in cfg.devices):
-            self.mqtt = MqttSource(cfg.mqtt, cfg.devices, self.writer, client_id=self.client_id)
+        ha = cfg.homeassistant if cfg.homeassistant is not None and cfg.homeassistant.enabled else None
+        if cfg.mqtt is not None and (ha is not None or any(not d.is_serial for d in cfg.devices)):
+            hooks: dict[str, Any] = {}
+            if ha is not None:
+                from gateway import __version__
+                from gateway.sinks.homeassistant import HA_STATUS_TOPIC, HomeAssistantPublisher
+
+                self.homeassistant = HomeAssistantPublisher(cfg, self._publish, sw_version=__version__)
+                h = self.homeassistant
+                hooks = {"will": h.will, "on_connected": h.on_connected, "handlers": {HA_STATUS_TOPIC: h.handle}}
+            self.mqtt = MqttSource(cfg.mqtt, cfg.devices, self.writer, client_id=self.client_id, **hooks)
             await self._stack.enter_async_context(self.mqtt)
             self.sources.append(self.mqtt.health)
+            if ha is not None:
+                self._spawn(self._homeassistant_states(ha.interval_s), "homeassistant")
         for dev in cfg.devices:
             if dev.is_serial:
                 self._start_serial(dev)
+
+    def _publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish(topic, payload, qos=qos, retain=retain)
+
+    async def _homeassistant_states(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            if self.homeassistant is not None and self.mqtt is not None and self.mqtt.health.connected:
+                self.homeassistant.publish_states(self.live, self.floor)
 
     def _start_serial(self, dev: Any) -> None:
         from gateway.decoders import SerialDecoder, decoder_class
@@ -216,6 +238,8 @@ class Gateway:
 
     async def __aexit__(self, *exc: object) -> None:
         self.stopping.set()
+        if self.homeassistant is not None:
+            self._publish(self.homeassistant.availability_topic, "offline", qos=1, retain=True)
         await asyncio.sleep(0.05)
         # Order: stop the sources (no new records), flush the journal, stop the consumers.
         if self.mqtt is not None:

@@ -144,6 +144,66 @@ def bridge(
     asyncio.run(run_bridge(cfg))
 
 
+@app.command("mosquitto-acl")
+def mosquitto_acl(
+    config: ConfigOpt = Path("commonwatt.toml"),
+    out: Annotated[Path, typer.Option("--out", help="folder for the generated files")] = Path("mosquitto"),
+    broker_dir: Annotated[
+        str, typer.Option("--broker-dir", help="where the broker will read them")
+    ] = "/etc/mosquitto/commonwatt",
+) -> None:
+    """Write Mosquitto's users (one per device, and the gateway) and the ACLs that keep each device to its topics."""
+    from gateway.deploy_tools import DeployError, write_broker_files
+
+    cfg = _load(config)
+    try:
+        files = write_broker_files(cfg, out, broker_dir=broker_dir)
+    except DeployError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{len(files.users)} users: {', '.join(u.name for u in files.users)}")
+    for path in (files.passwords, files.password_file, files.acl_file, files.auth_conf):
+        typer.echo(f"wrote {path}")
+    typer.echo(f"hand each device its password from {files.passwords}; keep that file private")
+
+
+@app.command()
+def backup(
+    out: Annotated[Path, typer.Argument(help="the backup file to write")],
+    config: ConfigOpt = Path("commonwatt.toml"),
+) -> None:
+    """A consistent copy of the database (journal, people, ledger), safe while the gateway runs."""
+    from gateway.deploy_tools import DeployError
+    from gateway.deploy_tools import backup as do_backup
+
+    cfg = _load(config)
+    try:
+        manifest = do_backup(cfg.journal.path, out)
+    except DeployError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{out}: {json.dumps(manifest, sort_keys=True)}")
+
+
+@app.command()
+def restore(
+    backup_file: Annotated[Path, typer.Argument(help="a file written by `commonwatt backup`")],
+    config: ConfigOpt = Path("commonwatt.toml"),
+    force: Annotated[bool, typer.Option("--force", help="even if a process has the database open")] = False,
+) -> None:
+    """Put a backup in place of the database; the old one is kept beside it. Stop the gateway first."""
+    from gateway.deploy_tools import DeployError
+    from gateway.deploy_tools import restore as do_restore
+
+    cfg = _load(config)
+    try:
+        kept = do_restore(backup_file, cfg.journal.path, force=force)
+    except DeployError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"restored {backup_file} to {cfg.journal.path}" + (f"; the old database is {kept}" if kept else ""))
+
+
 audit_app = typer.Typer(no_args_is_help=True, help="Check the ledger's audit log.")
 app.add_typer(audit_app, name="audit")
 

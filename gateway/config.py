@@ -90,6 +90,14 @@ class TsdbSettings(_Strict):
         return value.rstrip("/")
 
 
+class HomeAssistantSettings(_Strict):
+    """Publish the gateway's own entities (machines, battery, PV, grid) by MQTT discovery."""
+
+    enabled: bool = True
+    #: How often the entities' states are published.
+    interval_s: float = Field(10.0, gt=0, le=3600)
+
+
 class Device(_Strict):
     id: Ident
     protocol: str
@@ -223,6 +231,7 @@ class Config(_Strict):
     machines: list[Machine] = Field(default_factory=list)
     access: AccessSettings = Field(default_factory=AccessSettings)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    homeassistant: HomeAssistantSettings | None = None
     pricing: PricingPolicy = Field(default_factory=PricingPolicy)
 
     @model_validator(mode="after")

@@ -158,3 +158,31 @@ def test_the_energy_balance_reaches_victoriametrics(
     base = victoria.export('{__name__="commonwatt_energy_energy_mwh", kind="unattributed", machine="laser"}')
     assert base, "the laser's unattributed energy by interval is a series"
     assert sum(sum(s["values"]) for s in base) > 0  # type: ignore[misc]
+
+
+def test_home_assistant_discovery_from_the_running_gateway(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    import subprocess
+
+    config = parse_config(site_config(tmp_path, mosquitto, homeassistant={"interval_s": 0.2}))
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with Gateway(config) as gw:
+            assert gw.mqtt is not None
+            await gw.mqtt.wait_connected()
+            await asyncio.sleep(0.5)
+            sub = await asyncio.to_thread(
+                subprocess.run,
+                ["mosquitto_sub", "-p", str(mosquitto.port), "-t", "homeassistant/sensor/+/config", "-W", "2"],
+                capture_output=True,
+                text=True,
+            )
+            return [json.loads(line) for line in sub.stdout.splitlines() if line.strip()]
+
+    configs = asyncio.run(scenario())
+    assert configs, "retained discovery configs"
+    by_class = {c.get("device_class") for c in configs}
+    assert {"power", "energy"} <= by_class
+    for c in configs:
+        if c.get("device_class") == "energy":
+            assert c["state_class"] in {"total", "total_increasing"}
+        assert c["unique_id"] and c["state_topic"].startswith("commonwatt/lab/")

@@ -115,3 +115,30 @@ def test_people_commands_through_the_real_command(tmp_path: Path) -> None:
     assert token.returncode == 0 and "cw_" in token.stdout
     dup = commonwatt("members", "add", "ada", "Someone Else", "-c", str(cfg))
     assert dup.returncode == 1 and "error:" in dup.stderr
+
+
+def test_backup_restore_and_acl_commands(tmp_path: Path) -> None:
+    from gateway.journal import Journal
+    from gateway.model import Reading
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[site]\nid = "lab"\n[journal]\npath = "j.sqlite"\n[mqtt]\n'
+        '[[devices]]\nid = "laser"\nprotocol = "shelly_gen2"\nprefix = "shellyplusplugs-a1"\nrole = "machine"\n'
+    )
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.append([Reading(1_700_000_000.0, "laser", "power_w", 5.0)])
+    out = commonwatt("backup", str(tmp_path / "copy.sqlite"), "-c", str(cfg))
+    assert out.returncode == 0, out.stderr
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.append([Reading(1_700_000_001.0, "laser", "power_w", 6.0)])
+    out = commonwatt("restore", str(tmp_path / "copy.sqlite"), "-c", str(cfg))
+    assert out.returncode == 0, out.stderr
+    with Journal(tmp_path / "j.sqlite", readonly=True) as journal:
+        assert journal.last_seq() == 1  # the state of the backup
+    acl = commonwatt("mosquitto-acl", "-c", str(cfg), "--out", str(tmp_path / "mq"))
+    assert acl.returncode == 0, acl.stderr
+    assert (
+        "laser" in (tmp_path / "mq" / "acl_file").read_text()
+        or "shellyplusplugs-a1" in (tmp_path / "mq" / "acl_file").read_text()
+    )

@@ -209,8 +209,17 @@ class MqttSource:
         *,
         client_id: str,
         clock: Callable[[], float] = time.time,
+        will: tuple[str, str, int, bool] | None = None,
+        on_connected: Callable[[], None] | None = None,
+        handlers: dict[str, Callable[[str, bytes], object]] | None = None,
     ) -> None:
+        """`will`: the gateway's last will (its availability topic); `on_connected`: called on
+        every (re)connection; `handlers`: topics the gateway itself listens to (Home Assistant's
+        birth message), handled before any decoder."""
         self.settings = settings
+        self._will = will
+        self._on_connected_hook = on_connected
+        self._handlers = dict(handlers or {})
         self.writer = writer
         self.clock = clock
         self.health = SourceHealth(name="mqtt", kind="mqtt")
@@ -248,6 +257,8 @@ class MqttSource:
             client.tls_set(ca_certs=str(s.ca_file) if s.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_queued_messages_set(10_000)
+        if self._will is not None:
+            client.will_set(*self._will)
         client.on_socket_open = _no_delay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -265,8 +276,12 @@ class MqttSource:
         filters = sorted({r.topic_filter for r in self.router.routes})
         if filters:
             client.subscribe([(f, int(self.settings.qos)) for f in filters])
+        if self._handlers:
+            client.subscribe([(t, 1) for t in self._handlers])
         self.health.set_connected(True)
         self._send_keepalives(first=True)
+        if self._on_connected_hook is not None:
+            self._on_connected_hook()
         log.info("connected to %s:%s, %d subscriptions", self.settings.host, self.settings.port, len(filters))
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
@@ -297,6 +312,10 @@ class MqttSource:
             topic = msg.topic
         except UnicodeDecodeError:
             health.rejected["bad_topic"] += 1
+            return []
+        handler = self._handlers.get(topic)
+        if handler is not None:
+            handler(topic, bytes(msg.payload))
             return []
         route = self.router.find(topic)
         if route is None:
