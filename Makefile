@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 VENV_ESPHOME := .venv-esphome
 ESPHOME_VERSION := 2026.6.5
+VENV_GRAFANA := .venv-grafana
 
-.PHONY: demo test lint typecheck services bench clean
+.PHONY: demo test lint typecheck services bench clean dashboards
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +21,16 @@ $(STAMP): pyproject.toml
 $(VENV_ESPHOME)/bin/esphome:
 	test -x $(VENV_ESPHOME)/bin/python || $(PY) -m venv $(VENV_ESPHOME)
 	$(VENV_ESPHOME)/bin/python -m pip install -q 'esphome==$(ESPHOME_VERSION)'
+
+# grafana-client for `commonwatt grafana push`'s test, in a virtualenv of its own: it pulls
+# niquests, which installs urllib3-future under the name urllib3 and would change every library
+# of the gateway's environment that imports it.
+$(VENV_GRAFANA)/bin/python:
+	test -x $(VENV_GRAFANA)/bin/python || $(PY) -m venv $(VENV_GRAFANA)
+	$(VENV_GRAFANA)/bin/python -m pip install -q 'grafana-client>=5.1'
+
+dashboards: $(STAMP)
+	$(BIN)/python dashboards/build.py
 
 demo: $(STAMP)
 	$(BIN)/commonwatt demo
@@ -43,11 +54,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) $(VENV_ESPHOME)/bin/esphome services lint typecheck
+test: $(STAMP) $(VENV_ESPHOME)/bin/esphome $(VENV_GRAFANA)/bin/python services lint typecheck
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP) services
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) $(VENV_ESPHOME) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_ESPHOME) $(VENV_GRAFANA) .pytest_cache .mypy_cache .ruff_cache

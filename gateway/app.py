@@ -26,6 +26,7 @@ from gateway.sources.mqtt import MqttSource
 if TYPE_CHECKING:
     from gateway.energy_service import EnergyService
     from gateway.floor_service import FloorService
+    from gateway.ledger_service import LedgerService
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Gateway:
         self.floor: FloorService | None = None
         self.energy: EnergyService | None = None
         self.homeassistant: Any = None
+        self.ledger: LedgerService | None = None
         self.sources: list[SourceHealth] = []
         self.sinks: list[Any] = []
         self._wakers: list[Callable[[], None]] = []
@@ -84,6 +86,7 @@ class Gateway:
         self._stack.callback(self.live.close)
         await self._start_sinks()
         await self._start_sources()
+        await self._start_ledger()
         if self.config.machines:
             await self._start_floor()
         if self.config.devices:
@@ -176,6 +179,13 @@ class Gateway:
         self.sources.append(health)
         self._spawn(source.run(), f"serial-{dev.id}")
 
+    async def _start_ledger(self) -> None:
+        from gateway.ledger_service import LedgerService
+
+        self.ledger = LedgerService(self.config, publish=self._publish)
+        await self._stack.enter_async_context(self.ledger)
+        self._wakers.append(self.ledger.notify)
+
     async def _start_floor(self) -> None:
         from gateway.actuators.relays import RelayActuator
         from gateway.floor_service import FloorService
@@ -185,7 +195,8 @@ class Gateway:
         if self.mqtt is not None:
             publish = self.mqtt.publish
             actuator = RelayActuator(self.config.devices, publish, client_id=self.client_id)
-        self.floor = FloorService(self.config, actuator=actuator, publish=publish)
+        credit_ok = self.ledger.credit_ok if self.ledger is not None else None
+        self.floor = FloorService(self.config, actuator=actuator, publish=publish, credit_ok=credit_ok)
         await self._stack.enter_async_context(self.floor)
         self._wakers.append(self.floor.notify)
         # The floor wakes on every commit; the ingest path stays unaware of it.
@@ -225,6 +236,7 @@ class Gateway:
         api = self.config.api
         app = create_app(self)
         self._stack.callback(lambda: getattr(app.state, "people", None) and app.state.people.close())
+        self._stack.callback(lambda: getattr(app.state, "ledger", None) and app.state.ledger.close())
         server = _ApiServer(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning", lifespan="off"))
         self._spawn(server.serve(), "api")
         while not server.started:
@@ -283,6 +295,7 @@ class Gateway:
             },
             "sources": sources,
             "sinks": sinks,
+            "ledger": None if self.ledger is None else self.ledger.health(),
             "energy": None
             if self.energy is None
             else {"position": self.energy.position, "error": self.energy.last_error},

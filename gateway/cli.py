@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from gateway.cli_energy import energy_app, replay
+from gateway.cli_ledger import ledger_app
 from gateway.cli_people import badges_app, load_or_exit, members_app, tokens_app, trainings_app
 from gateway.config import Config, ConfigError
 from gateway.decoders import PROTOCOLS, decoder_class
@@ -118,6 +119,7 @@ def run(
 
 app.add_typer(members_app, name="members")
 app.command("replay")(replay)
+app.add_typer(ledger_app, name="ledger")
 app.add_typer(energy_app, name="energy")
 app.add_typer(badges_app, name="badges")
 app.add_typer(trainings_app, name="trainings")
@@ -202,6 +204,37 @@ def restore(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"restored {backup_file} to {cfg.journal.path}" + (f"; the old database is {kept}" if kept else ""))
+
+
+grafana_app = typer.Typer(help="Grafana: the data source, folder and dashboards.", no_args_is_help=True)
+app.add_typer(grafana_app, name="grafana")
+
+
+@grafana_app.command("push")
+def grafana_push_cmd(
+    url: Annotated[str, typer.Option(help="Grafana's URL, e.g. http://grafana:3000")],
+    token: Annotated[str, typer.Option(envvar="GRAFANA_TOKEN", help="a service-account token (Admin)")],
+    victoria_url: Annotated[
+        str, typer.Option(help="VictoriaMetrics as Grafana reaches it")
+    ] = "http://victoria-metrics:8428",
+) -> None:
+    """Upsert the data source, the commonwatt folder and every dashboard through Grafana's HTTP API.
+
+    Needs the optional extra: pip install 'commonwatt[grafana]'.
+    """
+    try:
+        import grafana_client  # noqa: F401
+    except ImportError:
+        typer.echo("error: grafana push needs grafana-client: pip install 'commonwatt[grafana]'", err=True)
+        raise typer.Exit(2) from None
+    from gateway.grafana_push import GrafanaPushError, push
+
+    try:
+        result = push(url, token, victoria_url=victoria_url)
+    except GrafanaPushError as exc:
+        typer.echo(f"grafana push failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"data source {result.datasource}, folder {result.folder}, dashboards: {', '.join(result.dashboards)}")
 
 
 audit_app = typer.Typer(no_args_is_help=True, help="Check the ledger's audit log.")

@@ -105,8 +105,12 @@ def parse_operator(text: str) -> OperatorCommand:
 class FloorCore:
     """The floor and its people, fed row by row. Not thread-safe: one thread drives it."""
 
-    def __init__(self, config: Config, people: People, floor: Floor) -> None:
+    def __init__(
+        self, config: Config, people: People, floor: Floor, *, credit_ok: Callable[[str], bool] | None = None
+    ) -> None:
         self.config = config
+        #: The ledger's verdict on a member's credit (gateway.ledger_service); None: no ledger.
+        self.credit_ok = credit_ok
         self.people = people
         self.floor = floor
         self.wiring = Wiring.from_config(config)
@@ -171,10 +175,19 @@ class FloorCore:
             badge=info,
             trainings=trainings,
             open_now=self.floor.open_now(ts),
+            credit_ok=info is None
+            or info.member_id is None
+            or self.credit_ok is None
+            or self.credit_ok(info.member_id),
             badge_uid=uid,
         )
         trainer = info is not None and "trainer" in info.member_roles and decision.allowed
         return decision, trainer
+
+    def _credit_ok(self, info: BadgeInfo | None) -> bool:
+        if info is None or info.member_id is None or self.credit_ok is None:
+            return True  # an unknown badge is refused for that; no ledger: no credit check
+        return self.credit_ok(info.member_id)
 
     def _badge(self, ts: float, machine: str, uid: str) -> list[Any]:
         # Timers due by now (an override that expired, a session that timed out) first:
@@ -192,8 +205,16 @@ def event_row(event: Event) -> NewRow:
 class FloorService:
     """Runs the floor on its own thread: `async with FloorService(...) as floor:` in the gateway."""
 
-    def __init__(self, config: Config, *, actuator: RelayActuator | None, publish: Publish | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        actuator: RelayActuator | None,
+        publish: Publish | None,
+        credit_ok: Callable[[str], bool] | None = None,
+    ) -> None:
         self.config = config
+        self.credit_ok = credit_ok
         self.path = Path(config.journal.path)
         self.actuator = actuator
         self.publish = publish
@@ -239,7 +260,7 @@ class FloorService:
         else:
             self.position, state = saved
             floor = Floor.from_json(json.loads(state), cfg.machines, cfg.access, cfg.site.timezone)
-        self.core = FloorCore(cfg, people, floor)
+        self.core = FloorCore(cfg, people, floor, credit_ok=self.credit_ok)
 
     def _close(self) -> None:
         if self.core is not None:

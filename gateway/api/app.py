@@ -10,7 +10,18 @@ from fastapi.responses import JSONResponse
 
 from gateway import __version__
 from gateway.api.auth import ERRORS
-from gateway.api.routes import alerts, energy, health, machines, members, metrics, pages, readings, sessions
+from gateway.api.routes import (
+    alerts,
+    energy,
+    health,
+    ledger,
+    machines,
+    members,
+    metrics,
+    pages,
+    readings,
+    sessions,
+)
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -37,6 +48,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(alerts.router)
     app.include_router(energy.router)
+    app.include_router(ledger.router)
     # The embedded dashboards (HTML, no token) and their live feed (token): left out of OpenAPI.
     app.include_router(pages.router)
     return app

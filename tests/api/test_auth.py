@@ -43,6 +43,13 @@ PROTECTED = [(m, p) for m, p in ROUTES if p not in OPEN]
 #: For each route, the request a member token (ada) makes to reach at bob's data:
 #: path parameters, query and body. A route missing here fails the isolation test.
 REACH_FOR_BOB: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/api/v1/ledger/balances"): {},
+    ("GET", "/api/v1/ledger/members/{member_id}"): {},
+    ("GET", "/api/v1/ledger/transactions"): {"query": {"after": 0, "limit": 1000}},
+    ("GET", "/api/v1/ledger/contributions"): {},
+    ("POST", "/api/v1/ledger/contributions"): {"json": {"member": "bob", "amount_mcr": 1000, "category": "help"}},
+    ("POST", "/api/v1/ledger/contributions/{contribution_id}/approve"): {},
+    ("GET", "/api/v1/sessions/{session_id}/receipt"): {},
     ("GET", "/api/v1/energy/balance"): {},
     ("GET", "/api/v1/members/{member_id}/energy"): {},
     ("GET", "/metrics"): {},
@@ -70,7 +77,14 @@ REACH_FOR_BOB: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/sessions"): {"query": {"member": "bob"}},
     ("GET", "/api/v1/alerts"): {},
 }
-PATH_VALUES = {"member_id": "bob", "uid": "0B0B0B0B", "training": "laser", "machine_id": "cnc"}
+PATH_VALUES = {
+    "member_id": "bob",
+    "uid": "0B0B0B0B",
+    "training": "laser",
+    "machine_id": "cnc",
+    "contribution_id": "1",
+    "session_id": "cnc-1",
+}
 
 
 def bob_markers(lab: Lab) -> list[str]:
