@@ -199,6 +199,23 @@ class Gateway:
         self.floor = FloorService(self.config, actuator=actuator, publish=publish, credit_ok=credit_ok)
         await self._stack.enter_async_context(self.floor)
         self._wakers.append(self.floor.notify)
+        if self.config.tsdb is not None:
+            from gateway.sinks.machinestate import MachineStateSink
+
+            t = self.config.tsdb
+            states = MachineStateSink(
+                floor=self.floor,
+                machines=[m.id for m in self.config.machines],
+                journal_path=self.config.journal.path,
+                url=t.url,
+                site=self.config.site.id,
+                token=t.token,
+                org=t.org,
+                bucket=t.bucket,
+                timeout_s=t.timeout_s,
+            )
+            await self._stack.enter_async_context(states)
+            self.sinks.append(states)
         # The floor wakes on every commit; the ingest path stays unaware of it.
 
     async def _start_energy(self) -> None:
