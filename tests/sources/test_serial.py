@@ -241,3 +241,88 @@ def test_a_failing_decoder_is_counted_and_the_port_kept(port: Path, devices: lis
 
     run_with_source(source, scenario)
     assert source.health.connected
+
+
+def _vedirect_block(n: int) -> bytes:
+    fields = [
+        ("PID", "0xA060"),
+        ("V", str(12800 + n)),
+        ("I", str(1500 + n)),
+        ("PPV", str(40 + n)),
+        ("H19", str(100 + n)),
+    ]
+    body = b"".join(b"\r\n%s\t%s" % (k.encode(), v.encode()) for k, v in fields) + b"\r\nChecksum\t"
+    return body + bytes([-sum(body) % 256])
+
+
+def _rdm6300_frame(uid10: str) -> bytes:
+    data = bytes.fromhex(uid10)
+    check = 0
+    for byte in data:
+        check ^= byte
+    return b"\x02" + uid10.encode() + b"%02X" % check + b"\x03"
+
+
+def _corrupt(frame: bytes) -> bytes:
+    """One bit flipped where it keeps the frame well formed: only its checksum is wrong."""
+    at = len(frame) - 3 if frame.startswith(b"\x02") else len(frame) // 2  # RDM6300: a checksum digit
+    return frame[:at] + bytes([frame[at] ^ 0x01]) + frame[at + 1 :]
+
+
+# Per protocol: a decoder, the frames a device sends one per period, what goes between them
+# (noise, VE.Direct's HEX lines), and the frames that are sent corrupted (bad checksum).
+SERIAL_CASES = {
+    "vedirect": (
+        lambda: __import__("gateway.decoders.vedirect", fromlist=["X"]).VEDirectDecoder(),
+        [_vedirect_block(n) for n in range(6)],
+        b":A0102000543\n",
+        {2},
+        "bad_checksum",
+    ),
+    "rdm6300": (
+        lambda: __import__("gateway.decoders.rdm6300", fromlist=["X"]).RDM6300Decoder(),
+        [_rdm6300_frame(f"0D00A3F2{n:02X}") for n in range(6)],
+        b"\x00\xff",
+        {3},
+        "bad_checksum",
+    ),
+    "dsmr": (
+        DSMRDecoder,
+        [TELEGRAMS["v50_1ph"], TELEGRAMS["be_fluvius"], TELEGRAMS["v50_3ph"], TELEGRAMS["v50_1ph"]],
+        b"",
+        {1},
+        "bad_checksum",
+    ),
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(SERIAL_CASES))
+def test_every_serial_decoder_through_a_pty_with_faults_and_a_replug(
+    protocol: str, port: Path, devices: list[FakeDevice]
+) -> None:
+    """Frames at a device's pace, cut at random, with noise, corrupted frames and the adapter replugged."""
+    make, frames, between, corrupted, reason = SERIAL_CASES[protocol]
+    sent = [(_corrupt(f) if i in corrupted else f) + between for i, f in enumerate(frames)]
+    want = expected(make(), b"".join(sent))
+    inbox = ListInbox()
+    source = make_source(port, inbox, make(), clock=lambda: 0.0)  # receive times as in `expected`
+    devices.append(FakeDevice(port))
+    rng = random.Random(protocol)
+    half = len(sent) // 2
+
+    async def scenario() -> None:
+        await until(lambda: source.health.connected)
+        for i, chunk in enumerate(sent):
+            if i == half:  # the adapter is pulled out and plugged in again, between two frames
+                devices[-1].unplug()
+                await until(lambda: not source.health.connected)
+                devices.append(FakeDevice(port))
+                await until(lambda: source.health.connected, 10)
+            await devices[-1].send(chunk, rng)
+            await asyncio.sleep(0.25)  # a device's period, shortened
+        await until(lambda: len(inbox.frames) >= len(want))
+
+    run_with_source(source, scenario)
+    assert inbox.frames == want
+    assert len(want) == len(frames) - len(corrupted)
+    assert source.health.rejected[reason] == len(corrupted)
