@@ -1,41 +1,50 @@
-"""How fast the energy domain replays a month: intervals -> balance -> attribution.
+"""How fast a month of a 50-meter site replays into intervals, balance and attribution.
 
-Run: .venv/bin/python bench/replay.py [--days 30] [--baseline-days 1] [--sqlite-days 1]
+Run: .venv/bin/python bench/replay.py [--days 3] [--journal-days 3] [--baseline-days 1]
 
 A synthetic site of 50 meters (1 grid with import and export counters, 1 PV, 1 battery with
 charge and discharge counters, 1 site-load meter, 46 machines), every meter read every 10 s
 with a second of jitter, a few counter resets and 30-minute gaps, random member sessions.
-The month is generated a day at a time in memory (not timed) and fed as journal-ordered rows
-to `gateway.domain.energy` (timed). A plain per-reading implementation, written the obvious
-way below, runs on the first `--baseline-days` and is extrapolated to the month. Last, the
-time to read the rows back from a SQLite journal (`SELECT ts, device, metric, value`) is
-measured on `--sqlite-days` of them, since a replay from the journal pays it too.
+Three figures, in one run, so they share the machine's load:
 
-`--journal-days N` (default 0: skipped) writes N days into a real SQLite journal (not timed)
-and times `gateway.energy_service.replay_journal` on it: the whole `commonwatt replay` path
-(batched reads of the energy metrics only, the domain, the interval tables written).
+(a) `gateway.domain.energy` in memory: journal-ordered rows (generated a day at a time, not
+    timed) through `Router.feed_rows` and `finish`;
+(b) `commonwatt replay` (`gateway.energy_service.replay_journal`) from a real SQLite journal of
+    `--journal-days` (written first, not timed): batched reads of the energy series, the
+    domain, the interval tables written; with the series read in this process, and with two
+    worker processes, twice each, interleaved (wall clock, and CPU summed over every process);
+(c) the obvious per-reading implementation (`naive` below: floats, no exact sums, no flags).
+
+Each is extrapolated to a 30-day month from its rate, and labelled so.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import random
-import sqlite3
+import resource
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
+from gateway.config import parse_config
 from gateway.counters import CounterBank
 from gateway.domain.energy import EnergySettings, Session, SiteMeters, finish
 from gateway.domain.energy.meters import Router
+from gateway.energy_service import replay_journal
 from gateway.journal import Journal, NewRow
 
 START = 1_709_251_200  # 2024-03-01 00:00 UTC
 DAY = 86_400
 STEP = 10
 MACHINES = [f"m{i:02d}" for i in range(46)]
+#: Counter series: grid import and export, PV, battery charge and discharge, site load, 46 machines.
+SERIES = 6 + len(MACHINES)
 Row4 = tuple[float, str, str, float]
 
 
@@ -151,127 +160,119 @@ def naive(days: list[list[Row4]], sessions: list[Session], roles: dict[str, str]
     return count
 
 
-def ours(gen: Simulator, ndays: int, sessions: list[Session]) -> tuple[float, int]:
+def ours(gen: Simulator, ndays: int, sessions: list[Session]) -> tuple[float, float, int]:
     meters = site()
     settings = EnergySettings(interval_s=60, max_gap_s=900, convention="proportional")
     router = Router(meters, interval_s=60, max_gap_s=900)
-    spent = 0.0
+    spent = cpu = 0.0
     n = 0
     for day in range(ndays):
         rows = gen.day(day)
         n += len(rows)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         router.feed_rows(rows)
         spent += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         del rows
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = finish(router, meters, sessions, settings)
     spent += time.perf_counter() - t0
-    print(f"  {len(result.balances)} intervals, {len(result.shares)} attribution rows")
-    return spent, n
+    cpu += time.process_time() - c0
+    print(f"    {len(result.balances):,} intervals, {len(result.shares):,} attribution rows")
+    return spent, cpu, n
 
 
-def sqlite_rate(rows: list[Row4]) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "journal.sqlite"
-        with Journal(path) as journal:
+def write_journal(path: Path, days: int, sessions: list[Session]) -> int:
+    """`days` of the site into a real journal, sessions as the floor journals them; the row count."""
+    gen = Simulator(sessions, random.Random(7))
+    n = 0
+    with Journal(path) as journal:
+        for day in range(days):
+            rows: list[NewRow] = [(ts, d, m, v, None) for ts, d, m, v in gen.day(day)]
+            for s in sessions:
+                if START + day * DAY <= s.start < START + (day + 1) * DAY:
+                    body = {"session_id": s.session_id, "machine_id": s.machine_id, "member_id": s.member_id}
+                    rows.append(
+                        (s.start, s.machine_id, "event.session_opened", None, json.dumps({**body, "start": s.start}))
+                    )
+                    closed = json.dumps({**body, "start": s.start, "end": s.end})
+                    rows.append((s.end or s.start, s.machine_id, "event.session_closed", None, closed))
+            rows.sort(key=lambda r: r[0])
             for i in range(0, len(rows), 5000):
-                journal.append_rows([(ts, d, m, v, None) for ts, d, m, v in rows[i : i + 5000]])
-        con = sqlite3.connect(path)
-        t0 = time.perf_counter()
-        n = sum(1 for _ in con.execute("SELECT ts, device, metric, value FROM records ORDER BY seq"))
-        rate = n / (time.perf_counter() - t0)
-        con.close()
-        return rate
+                journal.append_rows(rows[i : i + 5000])
+            n += len(rows)
+    return n
 
 
-def journal_replay(days: int, sessions: list[Session]) -> None:
-    """`commonwatt replay` on a real journal of `days` days: readings/s through the service."""
-    import json
-
-    from gateway.config import parse_config
-    from gateway.energy_service import replay_journal
-
+def bench_config(path: Path) -> Any:
     meters = site()
     devices = [
         {"id": d, "protocol": "shelly_gen2", "prefix": f"p-{d}", "role": r} for d, r in sorted(meters.roles.items())
     ]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "journal.sqlite"
-        config = parse_config(
-            {
-                "site": {"id": "bench"},
-                "journal": {"path": str(path)},
-                "mqtt": {},
-                "devices": devices,
-                "machines": [{"id": m, "meter": d} for m, d in sorted(meters.machines.items())],
-            }
-        )
-        gen = Simulator(sessions, random.Random(7))
-        with Journal(path) as journal:
-            for day in range(days):
-                rows: list[NewRow] = [(ts, d, m, v, None) for ts, d, m, v in gen.day(day)]
-                for s in sessions:
-                    if START + day * DAY <= s.start < START + (day + 1) * DAY:
-                        body = {"session_id": s.session_id, "machine_id": s.machine_id, "member_id": s.member_id}
-                        rows.append(
-                            (
-                                s.start,
-                                s.machine_id,
-                                "event.session_opened",
-                                None,
-                                json.dumps({**body, "start": s.start}),
-                            )
-                        )
-                        closed = {**body, "start": s.start, "end": s.end}
-                        rows.append((s.end or s.start, s.machine_id, "event.session_closed", None, json.dumps(closed)))
-                rows.sort(key=lambda r: r[0])
-                for i in range(0, len(rows), 5000):
-                    journal.append_rows(rows[i : i + 5000])
-        summary = replay_journal(config)
-        rate = summary.readings / summary.seconds
-        print(
-            f"commonwatt replay from SQLite: {rate:,.0f} readings/s, "
-            f"{summary.readings:,} readings in {summary.seconds:,.1f} s"
-        )
-        print(
-            f"  {summary.intervals:,} intervals written; "
-            f"a 30-day month at this rate: {13_478_400 / rate:,.1f} s (extrapolated)"
-        )
+    machines = [{"id": m, "meter": d} for m, d in sorted(meters.machines.items())]
+    return parse_config(
+        {"site": {"id": "bench"}, "journal": {"path": str(path)}, "mqtt": {}, "devices": devices, "machines": machines}
+    )
+
+
+def journal_replay(path: Path, workers: int, month: int) -> None:
+    """`commonwatt replay` (`replay_journal`) on the journal at `path`: wall clock and CPU of every process."""
+    config = bench_config(path)
+    cpu0, kids0 = time.process_time(), _children_cpu()
+    summary = replay_journal(config, workers=workers)
+    cpu = time.process_time() - cpu0 + _children_cpu() - kids0
+    rate = summary.readings / summary.seconds
+    print(
+        f"(b) commonwatt replay from SQLite, {workers} process(es) reading: {rate:,.0f} readings/s "
+        f"({summary.readings:,} readings, {summary.intervals:,} intervals written, {summary.seconds:,.1f} s wall, "
+        f"{cpu:,.1f} s CPU in all processes)"
+    )
+    print(f"    the month: {month / rate:,.1f} s wall, extrapolated at this rate")
+
+
+def _children_cpu() -> float:
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--days", type=int, default=30)
-    ap.add_argument("--baseline-days", type=int, default=1)
-    ap.add_argument("--sqlite-days", type=int, default=1)
-    ap.add_argument("--journal-days", type=int, default=0)
+    ap.add_argument("--days", type=int, default=3, help="days through the in-memory domain (a)")
+    ap.add_argument("--journal-days", type=int, default=3, help="days in the SQLite journal replayed (b); 0 skips")
+    ap.add_argument("--baseline-days", type=int, default=1, help="days through the naive version (c)")
     args = ap.parse_args()
-    if args.journal_days:
-        journal_replay(args.journal_days, make_sessions(args.journal_days, random.Random(5)))
-        if args.days == 0:
-            return
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     rng = random.Random(5)
-    sessions = make_sessions(args.days, rng)
-    gen = Simulator(sessions, rng)
-    first = [gen.day(d) for d in range(max(args.baseline_days, args.sqlite_days, 1))]
-    per_day = len(first[0])
-    print(f"site: 50 meters, {per_day} readings a day, {len(sessions)} sessions, {args.days} days")
-
-    t0 = time.perf_counter()
-    naive(first[: args.baseline_days], sessions, dict(site().roles), dict(site().machines))
-    base_s = time.perf_counter() - t0
-    base_rate = per_day * args.baseline_days / base_s
-    print(f"naive per-reading Python: {base_rate:,.0f} readings/s on {args.baseline_days} day(s)")
-    print(f"  extrapolated to {args.days} days: {per_day * args.days / base_rate:,.1f} s")
+    sessions = make_sessions(max(args.days, args.journal_days, args.baseline_days), rng)
+    per_day = DAY // STEP * SERIES
+    month = per_day * 30
+    print(f"site: 50 meters, {per_day:,} readings a day, a 30-day month = {month:,} readings")
 
     gen = Simulator(sessions, random.Random(6))
-    spent, n = ours(gen, args.days, sessions)
-    print(f"gateway.domain.energy: {n / spent:,.0f} readings/s")
-    print(f"  {n:,} readings, {args.days} days: {spent:,.1f} s (generation not counted)")
+    spent, cpu, n = ours(gen, args.days, sessions)
+    print(f"(a) gateway.domain.energy in memory: {n / spent:,.0f} readings/s ({n:,} readings, {args.days} days)")
+    print(f"    the month: {month * spent / n:,.1f} s wall ({month * cpu / n:,.1f} s CPU), extrapolated")
 
-    rate = sqlite_rate([r for day in first[: args.sqlite_days] for r in day])
-    print(f"SQLite SELECT ts, device, metric, value: {rate:,.0f} rows/s ({n / rate:,.1f} s for the month)")
+    if args.journal_days:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "journal.sqlite"
+            write_journal(path, args.journal_days, sessions)
+            for workers in (1, 2, 1, 2):  # interleaved: the machine's load changes under a run
+                journal_replay(path, workers, month)
+
+    days = [Simulator(sessions, random.Random(8)).day(0)] if args.baseline_days == 1 else None
+    if days is None:
+        gen = Simulator(sessions, random.Random(8))
+        days = [gen.day(d) for d in range(args.baseline_days)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    naive(days, sessions, dict(site().roles), dict(site().machines))
+    base_s, base_cpu = time.perf_counter() - t0, time.process_time() - c0
+    base_n = sum(len(d) for d in days)
+    print(f"(c) naive per-reading Python: {base_n / base_s:,.0f} readings/s ({base_n:,} readings)")
+    print(
+        f"    the month: {month * base_s / base_n:,.1f} s wall ({month * base_cpu / base_n:,.1f} s CPU), extrapolated"
+    )
+    print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

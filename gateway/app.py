@@ -49,6 +49,7 @@ class Gateway:
         self.energy: EnergyService | None = None
         self.homeassistant: Any = None
         self.ledger: LedgerService | None = None
+        self.audit: Any = None
         self.sources: list[SourceHealth] = []
         self.sinks: list[Any] = []
         self._wakers: list[Callable[[], None]] = []
@@ -87,6 +88,7 @@ class Gateway:
         await self._start_sinks()
         await self._start_sources()
         await self._start_ledger()
+        await self._start_audit()
         if self.config.machines:
             await self._start_floor()
         if self.config.devices:
@@ -185,6 +187,12 @@ class Gateway:
         self.ledger = LedgerService(self.config, publish=self._publish)
         await self._stack.enter_async_context(self.ledger)
         self._wakers.append(self.ledger.notify)
+
+    async def _start_audit(self) -> None:
+        from gateway.audit.service import AuditService
+
+        self.audit = AuditService(self.config, self._publish)
+        await self._stack.enter_async_context(self.audit)
 
     async def _start_floor(self) -> None:
         from gateway.actuators.relays import RelayActuator

@@ -14,6 +14,7 @@ import typer
 from gateway.cli_energy import energy_app, replay
 from gateway.cli_ledger import ledger_app
 from gateway.cli_people import badges_app, load_or_exit, members_app, tokens_app, trainings_app
+from gateway.cli_statements import report_app, statement
 from gateway.config import Config, ConfigError
 from gateway.decoders import PROTOCOLS, decoder_class
 from gateway.decoders.base import MqttDecoder, SerialDecoder
@@ -120,6 +121,8 @@ def run(
 app.add_typer(members_app, name="members")
 app.command("replay")(replay)
 app.add_typer(ledger_app, name="ledger")
+app.command("statement")(statement)
+app.add_typer(report_app, name="report")
 app.add_typer(energy_app, name="energy")
 app.add_typer(badges_app, name="badges")
 app.add_typer(trainings_app, name="trainings")
@@ -255,6 +258,17 @@ def audit_check_proof(
     for line in lines:
         typer.echo(line)
     raise typer.Exit(0 if ok else 1)
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOpt = Path("commonwatt.toml")) -> None:
+    """Recompute the Merkle log, every balance and every charge; exit 1 on any mismatch."""
+    from gateway.audit.verify import run
+
+    status, lines = run(_load(config))
+    for line in lines:
+        typer.echo(line)
+    raise typer.Exit(status)
 
 
 journal_app = typer.Typer(no_args_is_help=True, help="Inspect the journal.")

@@ -165,3 +165,51 @@ def test_jitter_never_adds_energy(base: float, noise: list[float]) -> None:
     assert "reset" not in {d.flag for d in deltas}
     total = math.fsum(d.delta for d in deltas)
     assert math.isclose(total, max(series) - base, rel_tol=1e-9, abs_tol=1e-6)
+
+
+# -- the batch method: exactly update(), reading after reading ----------------------------------
+
+#: A reading's step: (seconds after the last, the value's change, what happens).
+reading_steps = st.lists(
+    st.tuples(
+        st.one_of(st.floats(0, 120), st.floats(-60, 0), st.floats(900, 4000), st.just(0.0)),
+        st.floats(0, 50),
+        st.sampled_from("oooooorjJwnibx"),
+    ),
+    max_size=60,
+)
+
+
+def series_of(start: float, steps_: list[tuple[float, float, str]]) -> list[tuple[float, float]]:
+    """Readings with resets (r), jitter (j, J: small and large dips), wraps (w), NaN and inf values
+    (n, i), negative values (b), non-finite timestamps (x), out-of-order times and gaps."""
+    t, v, out = 0.0, start, []
+    specials = {"n": math.nan, "i": math.inf, "b": -1.0}
+    for dt, add, event in steps_:
+        t += dt
+        v = add if event == "r" else v * 0.95 if event == "J" else v - 0.01 if event == "j" else v + add
+        if event == "w":
+            v = add % 100.0
+        ts = math.nan if event == "x" else t
+        out.append((ts, specials.get(event, v)))
+    return out
+
+
+@given(st.floats(0, 1e5), reading_steps, st.sampled_from([None, 1000.0]), st.integers(0, 60))
+def test_batch_deltas_equal_update_reading_after_reading(
+    start: float, steps_: list[tuple[float, float, str]], wrap_at: float | None, cut: int
+) -> None:
+    points = series_of(start, steps_)
+    one, batch = CounterTracker(wrap_at=wrap_at), CounterTracker(wrap_at=wrap_at)
+    expected = [d for d in feed(one, points) if d is not None]
+    # Two calls (cut anywhere) give what one call and every single update gives.
+    got = batch.deltas([t for t, _ in points[:cut]], [v for _, v in points[:cut]])
+    got += batch.deltas([t for t, _ in points[cut:]], [v for _, v in points[cut:]])
+    assert [tuple(d) for d in expected] == got
+    assert one.state() == batch.state()
+
+
+def test_batch_deltas_on_an_empty_series_change_nothing() -> None:
+    tracker = CounterTracker()
+    assert tracker.deltas([], []) == []
+    assert tracker.state() == CounterTracker().state()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from gateway.config import EnergyConfig
 from gateway.domain.energy import SiteMeters, replay, sessions_from_rows
-from gateway.energy_service import EnergyConfig, EnergyService, energy_lines, replay_journal, site_meters
+from gateway.energy_service import EnergyService, energy_lines, replay_journal, site_meters
 from gateway.energy_store import EnergyStore, pseudonym
 from gateway.journal import Journal
 from tests.energy_helpers import DAY0, energy_config, record_day
@@ -118,3 +120,35 @@ def test_tsdb_lines_name_members_only_by_pseudonym(recorded: Path, tmp_path: Pat
     assert f"member={pseudonym(secret, 'ada')}" in text
     assert "commonwatt_energy,site=lab,kind=balance pv_mwh=" in text
     assert len(pseudonym(secret, "ada")) == 10
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_replay_on_two_worker_processes_gives_the_same_bytes(
+    recorded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: str
+) -> None:
+    """Both ways of starting the workers (`fork` from a single-threaded process, else `spawn`)."""
+    monkeypatch.setattr("gateway.energy_service._context", lambda: multiprocessing.get_context(start))
+    config = energy_config(copy_of(recorded, tmp_path))
+    one = replay_journal(config, workers=1)
+    with EnergyStore(config.journal.path) as store:
+        alone = store.dump()
+    two = replay_journal(config, workers=2)
+    with EnergyStore(config.journal.path) as store:
+        split = store.dump()
+    assert (one.readings, one.intervals) == (two.readings, two.intervals)
+    assert alone == split
+
+
+def test_replay_in_many_windows_on_two_workers_gives_the_same_bytes(
+    recorded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many windows: the workers read ahead while the parent writes, and still give the same bytes."""
+    config = energy_config(copy_of(recorded, tmp_path))
+    monkeypatch.setattr("gateway.energy_service.READ_SPAN", 7_001)
+    replay_journal(config, workers=1)
+    with EnergyStore(config.journal.path) as store:
+        whole = store.dump()
+    replay_journal(config, workers=2)
+    with EnergyStore(config.journal.path) as store:
+        windows = store.dump()
+    assert whole == windows

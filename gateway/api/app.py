@@ -12,6 +12,7 @@ from gateway import __version__
 from gateway.api.auth import ERRORS
 from gateway.api.routes import (
     alerts,
+    audit,
     energy,
     health,
     ledger,
@@ -49,6 +50,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(energy.router)
     app.include_router(ledger.router)
+    app.include_router(audit.router)
     # The embedded dashboards (HTML, no token) and their live feed (token): left out of OpenAPI.
     app.include_router(pages.router)
     return app

@@ -43,6 +43,11 @@ PROTECTED = [(m, p) for m, p in ROUTES if p not in OPEN]
 #: For each route, the request a member token (ada) makes to reach at bob's data:
 #: path parameters, query and body. A route missing here fails the isolation test.
 REACH_FOR_BOB: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/api/v1/audit/checkpoints"): {},
+    ("GET", "/api/v1/audit/checkpoints/latest"): {},
+    ("GET", "/api/v1/audit/proof/{tx_id}"): {},
+    ("GET", "/api/v1/audit/consistency"): {"query": {"from": "0"}},
+    ("GET", "/api/v1/audit/key"): {},
     ("GET", "/api/v1/ledger/balances"): {},
     ("GET", "/api/v1/ledger/members/{member_id}"): {},
     ("GET", "/api/v1/ledger/transactions"): {"query": {"after": 0, "limit": 1000}},
@@ -84,6 +89,7 @@ PATH_VALUES = {
     "machine_id": "cnc",
     "contribution_id": "1",
     "session_id": "cnc-1",
+    "tx_id": "1",
 }
 
 

@@ -139,7 +139,7 @@ def test_the_pages_follow_the_floor_live(site: tuple[Gateway, dict[str, str]]) -
             member = browser.new_context(viewport={"width": 1100, "height": 600}).new_page()
             sign_in(member, base + "/me", tokens["ada"])
             member.wait_for_selector("#sessions tr >> text=laser")
-            assert "not enabled on this gateway" in member.inner_text("#ledger")
+            assert "signed checkpoints" in member.inner_text("#ledger")
             assert "bob" not in member.inner_text("#content")
             member.screenshot(path=str(ARTIFACTS / "member.png"), full_page=True)
             assert errors == []

@@ -112,37 +112,44 @@ class CounterSeries:
         self.result = SeriesEnergy(interval_s)
 
     def feed(self, timestamps: Iterable[float], values: Iterable[float]) -> None:
-        """The hot loop: one tracker call per reading, then integer bookkeeping."""
+        """The hot loop: the tracker's deltas in one call, then integer bookkeeping per delta.
+
+        Two cases are handled inline, because nearly every delta is one of them: a plain delta
+        inside the interval being filled, and a plain delta across one boundary (one in six at
+        10 s readings and 60 s intervals), cut by time exactly as `_spread` cuts it.
+        """
         res = self.result
         step = res.interval_s
         energy = res.energy
-        update = self.tracker.update
+        max_gap = self.max_gap_s
         # The interval being filled, kept in locals: most deltas fall inside it.
         cur = -1
         lo = hi = 0.0
         acc = 0
-        for ts, value in zip(timestamps, values, strict=True):
-            d = update(ts, value)
-            if d is None:
-                continue
-            start = d.start_ts
-            end = d.end_ts
-            if lo <= start and end <= hi and d.flag == "ok":
-                acc += round(d.delta * 1000.0)
+        for start, end, delta, flag in self.tracker.deltas(timestamps, values):
+            if lo <= start and end <= hi and flag == "ok":
+                acc += round(delta * 1000.0)
                 continue
             if acc:
                 energy[cur] = energy.get(cur, 0) + acc
                 acc = 0
-            if d.flag == "first":
+            if flag == "first":
                 if res.first_ts is None:
-                    res.first_ts = ts
+                    res.first_ts = end
                 continue
             cur = int(end // step)
             if end == cur * step:
                 cur -= 1
             lo = cur * step
             hi = lo + step
-            self._place(start, end, round(d.delta * 1000.0), d.flag)
+            if flag == "ok" and lo - step <= start < lo and end - start <= max_gap:
+                # Across the one boundary at `lo`: the part before it goes to the interval before.
+                mwh = round(delta * 1000.0)
+                first = split_pair(mwh, round((lo - start) * 1_000_000), round((end - lo) * 1_000_000))
+                energy[cur - 1] = energy.get(cur - 1, 0) + first
+                acc = mwh - first
+                continue
+            self._place(start, end, round(delta * 1000.0), flag)
         if acc:
             energy[cur] = energy.get(cur, 0) + acc
         if res.first_ts is not None:
@@ -221,6 +228,20 @@ class PowerSeries:
             share = mwh if ks == ke else mwh * (b - a) / (t1 - t0)
             bucket[k] = bucket.get(k, 0.0) + share
             flags[k] = flags.get(k, 0) | INTEGRATED
+
+    def forget(self, k: int) -> None:
+        """Drop the intervals before `k`, keeping `results()` exactly as if nothing was dropped:
+        the buckets before `k` become one at k - 1 holding their running sum, added in the
+        order `results()` adds them, so its cumulative rounding does not change."""
+        for bucket in (self._pos, self._neg):
+            old = sorted(x for x in bucket if x < k)
+            if old and old != [k - 1]:
+                carry = 0.0
+                for x in old:
+                    carry += bucket.pop(x)
+                bucket[k - 1] = carry
+        for x in [x for x in self._flags if x < k]:
+            del self._flags[x]
 
     def results(self) -> tuple[SeriesEnergy, SeriesEnergy]:
         """(positive, negative) as integer mWh: cumulative rounding, so no mWh is lost in sums."""

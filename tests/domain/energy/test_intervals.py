@@ -117,3 +117,58 @@ def test_counter_energy_reconciles_with_the_tracker(raw: list[tuple[float, float
     expected = sum(round(d.delta * 1000) for tt, vv in points if (d := ref.update(tt, vv)) is not None)
     assert s.result.total_mwh() + s.result.unplaced_mwh == expected
     assert all(e >= 0 for e in s.result.energy.values())
+
+
+def placed_one_by_one(points: list[tuple[float, float]], interval_s: int) -> CounterSeries:
+    """The reference for `CounterSeries.feed`: every delta from `update()`, every one through `_place`."""
+    s = CounterSeries(interval_s=interval_s, max_gap_s=900.0)
+    res = s.result
+    for t, v in points:
+        d = s.tracker.update(t, v)
+        if d is None:
+            continue
+        if d.flag == "first":
+            res.first_ts = t if res.first_ts is None else res.first_ts
+            continue
+        s._place(d.start_ts, d.end_ts, round(d.delta * 1000.0), d.flag)
+    if res.first_ts is not None:
+        res.last_ts = s.tracker.last_ts
+    return s
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.floats(0.5, 120), st.floats(900, 3000), st.floats(-30, -1)),
+            st.floats(0, 20),
+            st.sampled_from("oooooorjn"),
+        ),
+        max_size=80,
+    ),
+    st.sampled_from([60, 900]),
+    st.integers(1, 40),
+)
+def test_the_inline_cases_of_feed_place_exactly_what_place_would(
+    steps: list[tuple[float, float, str]], interval_s: int, chunk: int
+) -> None:
+    """Deltas inside one interval and across one boundary are placed inline in `feed`; fed in
+    chunks of any size, the energy, flags and unplaced energy are those of `_place` on each."""
+    t, v, points = 1_717_200_000.0, 1000.0, []
+    for dt, add, event in steps:
+        t += dt
+        v = add if event == "r" else v - 0.01 if event == "j" else v + add
+        points.append((t, float("nan") if event == "n" else v))
+    fast = CounterSeries(interval_s=interval_s, max_gap_s=900.0)
+    for i in range(0, len(points), chunk):
+        part = points[i : i + chunk]
+        fast.feed([p[0] for p in part], [p[1] for p in part])
+    slow = placed_one_by_one(points, interval_s)
+    nonzero = {k: e for k, e in slow.result.energy.items() if e}
+    assert {k: e for k, e in fast.result.energy.items() if e} == nonzero
+    assert fast.result.flags == slow.result.flags
+    assert (fast.result.unplaced_mwh, fast.result.first_ts, fast.result.last_ts) == (
+        slow.result.unplaced_mwh,
+        slow.result.first_ts,
+        slow.result.last_ts,
+    )
