@@ -762,12 +762,16 @@ def energy_lines(
 class EnergyTsdbWriter(TsdbSink):
     """The energy tables' intervals into the TSDB, with the TSDB sink's retries and bisection.
 
-    Its cursor is the tables' `rev` (in `energy_state`, key `tsdb_rev`): every interval written
-    or rewritten after it is sent again; the TSDB keeps the last value per series and timestamp.
+    Its cursor is the tables' `rev` (in `energy_state`, key `tsdb_rev`). Only FINAL intervals
+    are sent: an interval is written once more when it becomes final (a new `rev`), and
+    VictoriaMetrics, deduplicating samples of one series and timestamp, keeps the biggest value
+    written, not the last; a provisional value that a later reading lowered would stay. So the
+    dashboards run `final_after_s` (two intervals by default) behind the gateway's own pages.
     """
 
     def __init__(self, *, journal_path: str | Path, site: str, **kw: Any) -> None:
         super().__init__(journal_path=journal_path, site=site, consumer="energy_tsdb", **kw)
+        self.health.name = "energy_tsdb"
         self.site = site
         self._store: EnergyStore | None = None
 
@@ -783,11 +787,12 @@ class EnergyTsdbWriter(TsdbSink):
             self._wake.wait(self.poll_s)
             return
         secret = store.secret()
+        final = [r for r in rows if r["final"]]
         by_start: dict[int, list[tuple[object, ...]]] = {}
-        for s in store.shares([int(r["start"]) for r in rows]):
+        for s in store.shares([int(r["start"]) for r in final]):
             by_start.setdefault(int(str(s[0])), []).append(s)
         batch = Formatted()
-        for r in rows:
+        for r in final:
             lines, points = energy_lines(self.site, secret, r, by_start.get(int(r["start"]), []))
             batch.lines += lines
             batch.points += points
