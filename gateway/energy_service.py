@@ -76,6 +76,8 @@ CONSUMER = "energy"
 SESSION_EVENTS = ("event.session_opened", "event.session_closed")
 #: Journal rows (seq numbers) looked at per read.
 READ_SPAN = 100_000
+#: Open (provisional) intervals and the live service's checkpoint are saved at most this often.
+PENDING_EVERY_S = 2.0
 TICK_S = 5.0
 #: Readings of one window by series key: (timestamps, values) in journal order.
 Columns = dict[str, tuple[list[float], list[float]]]
@@ -616,6 +618,7 @@ class EnergyService:
         self.last_error: str | None = None
         #: (seq, newest ts up to it) per batch read: where a checkpoint says to re-read from.
         self._marks: list[tuple[int, float]] = []
+        self._saved = 0.0
 
     async def __aenter__(self) -> EnergyService:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.open)
@@ -696,6 +699,11 @@ class EnergyService:
         final = engine.settle(k_final, final=True)
         if final:
             self.store.write(final, engine.step, self.cfg.convention, final=True)
+        elif time.monotonic() - self._saved < PENDING_EVERY_S:
+            # Nothing became final: the open intervals and the checkpoint can wait a moment. Writing
+            # them on every journal commit would compete with the ingest path for the database.
+            return
+        self._saved = time.monotonic()
         if math.isfinite(engine.max_ts):
             pending = engine.settle(int(engine.max_ts // engine.step) + 1, final=False)
             self.store.write(pending, engine.step, self.cfg.convention, final=False)

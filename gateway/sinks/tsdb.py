@@ -70,6 +70,10 @@ class _BadData(Exception):
         self.status = status
 
 
+#: Pause after the journal was busy (a local condition, unlike an unreachable server).
+JOURNAL_RETRY_S = 0.5
+
+
 @dataclass
 class TsdbHealth:
     """Live state of the sink, for /api/v1/health and /metrics."""
@@ -241,10 +245,11 @@ class TsdbSink:
             try:
                 self._step(journal, api)
             except sqlite3.Error as exc:
-                # A journal busy beyond its timeout (a backup holding a lock): try again later.
-                log.warning("TSDB sink cannot read the journal, retrying in %.1fs: %s", self.max_backoff_s, exc)
+                # A journal busy beyond its timeout (a backup holding a lock, an ingest burst keeping
+                # the writer busy): a local and short-lived condition, so try again soon.
+                log.warning("TSDB sink cannot read the journal, retrying in %.1fs: %s", JOURNAL_RETRY_S, exc)
                 self.health.last_error = f"journal: {exc}"
-                self._stop.wait(self.max_backoff_s)
+                self._stop.wait(JOURNAL_RETRY_S)
 
     def _step(self, journal: Journal, api: WriteApi) -> None:
         self._wake.clear()

@@ -104,16 +104,18 @@ async def _play(config: Config, broker: EmbeddedBroker, site: DemoSite, nodes: B
             MachineStateSink(floor=gw.floor, machines=machines, journal_path=path, url=vm_url, site=SITE, every_s=1),
             Scenario(site, nodes, speed=SPEED, relay_wait_s=2.5),
         ):
-            await asyncio.sleep(2.0)
-            # A frame no decoder accepts: the gateway counts it under rejected, by reason.
-            await asyncio.to_thread(
-                mqtt_publish.single,
-                "shellypro3em-demo01/events/rpc",
-                b"{not json",
-                hostname=broker.host,
-                port=broker.port,
-            )
-            await asyncio.sleep(RUN_S - 2.0)
+            # Frames no decoder accepts: the gateway counts them under rejected, by reason. Two,
+            # seconds apart, so the scraped counter changes between scrapes (increase() sees it).
+            for _ in range(2):
+                await asyncio.sleep(3.0)
+                await asyncio.to_thread(
+                    mqtt_publish.single,
+                    "shellypro3em-demo01/events/rpc",
+                    b"{not json",
+                    hostname=broker.host,
+                    port=broker.port,
+                )
+            await asyncio.sleep(RUN_S - 6.0)
             return time.time()
 
 
@@ -131,6 +133,19 @@ async def _lab(folder: Path, vm: VictoriaMetrics, api_port: int) -> tuple[Config
             seed_people(people)
         ended = await _play(config, broker, site, nodes, vm.url)
     return config, ended
+
+
+def _meters_report_again(config: Config, ts: float) -> None:
+    from gateway.journal import Journal
+    from gateway.model import Reading
+
+    counters = {"energy_wh", "energy_returned_wh", "energy_charged_wh", "energy_discharged_wh"}
+    with Journal(config.journal.path) as journal:
+        latest = {(d, m): journal.read(s.last_seq - 1, 1)[0] for (d, m), s in journal.stats().series.items()}
+        again = [
+            Reading(ts, d, m, float(row[4])) for (d, m), row in latest.items() if m in counters and row[4] is not None
+        ]
+        journal.append(again)
 
 
 async def _deliver_energy(config: Config, vm_url: str) -> None:
@@ -152,8 +167,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
     try:
         started = time.time()
         config, ended = asyncio.run(_lab(folder, vm, api_port))
-        # The writer sends final intervals only; the run's last ones become final by a replay,
-        # as they would two intervals after the run on a gateway left running.
+        # The writer sends final intervals only; the run's last ones become final by a replay, as
+        # they would two intervals after the run on a gateway left running. The replay settles an
+        # interval once a later reading exists: the counters report once more, unchanged, as
+        # meters do while nothing draws, so the run's intervals close without energy added.
+        _meters_report_again(config, ended + 180.0)
         replay_journal(config)
         asyncio.run(_deliver_energy(config, vm.url))
         with People(config.journal.path) as people:
