@@ -136,7 +136,7 @@ async def send(meter: FakeDevice, first: int, last: int) -> None:
         await meter.send(telegram(k), rng)
 
 
-def run(scenario: Callable[[], Awaitable[None]], timeout: float = 40) -> None:
+def run(scenario: Callable[[], Awaitable[None]], timeout: float = 90) -> None:
     async def main() -> None:
         async with asyncio.timeout(timeout):
             await scenario()

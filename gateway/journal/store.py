@@ -85,7 +85,7 @@ def _connect(path: Path, readonly: bool, busy_timeout: float) -> sqlite3.Connect
 class Journal:
     """The append-only log of everything that entered the gateway, and the consumers' cursors."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = False, busy_timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self._conn = _connect(self.path, readonly, busy_timeout)

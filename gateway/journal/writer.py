@@ -49,7 +49,7 @@ class GroupCommitWriter:
         *,
         max_batch: int = 5000,
         max_delay: float = 0.05,
-        busy_timeout: float = 30.0,
+        busy_timeout: float = 10.0,
     ) -> None:
         self.journal_path = Path(journal_path)
         self.max_batch = max_batch
