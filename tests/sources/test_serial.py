@@ -58,6 +58,7 @@ class FakeDevice:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
         link.symlink_to(os.ttyname(self.slave))
+        self.plugged = True
 
     async def send(self, data: bytes, rng: random.Random) -> None:
         """The bytes in chunks cut at random boundaries, as a USB adapter delivers them."""
@@ -69,7 +70,12 @@ class FakeDevice:
             await asyncio.sleep(0.002)
 
     def unplug(self) -> None:
-        self.link.unlink()
+        # Once only: after a replug the same link path belongs to the next device, and the
+        # closed descriptor numbers may already be reused by it.
+        if not self.plugged:
+            return
+        self.plugged = False
+        self.link.unlink(missing_ok=True)
         os.close(self.master)
         os.close(self.slave)
 
@@ -96,8 +102,7 @@ def devices() -> Iterator[list[FakeDevice]]:
     made: list[FakeDevice] = []
     yield made
     for dev in made:
-        if dev.link.exists():
-            dev.unplug()
+        dev.unplug()
 
 
 def run_with_source(source: SerialSource, scenario: Callable[[], Awaitable[None]]) -> None:
