@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.ledger import LedgerError, Posting, PricingPolicy, allowance_due, charge_for_session, mcr, policy_hash
-from gateway.ledger.pricing import MemberMove, add_months, round_mcr, unused_allowances
+from gateway.ledger.pricing import MemberMove, add_months, round_div, round_mcr, unused_allowances
 
 POLICY = PricingPolicy.model_validate(
     {
@@ -137,3 +141,42 @@ def test_contributions_do_not_expire() -> None:
 def test_allowance_reversal_and_expiry_empty_their_month() -> None:
     assert unused_allowances([MemberMove(100, "2024-01"), MemberMove(-100, "2024-01")]) == {}
     assert unused_allowances([MemberMove(100, "2024-01"), MemberMove(-60), MemberMove(-40, "2024-01")]) == {}
+
+
+@given(st.integers(-(10**30), 10**30), st.integers(1, 10**12))
+def test_integer_rounding_is_the_fraction_rule(num: int, den: int) -> None:
+    assert round_div(num, den) == round_mcr(Fraction(num, den))
+
+
+_price = st.decimals(min_value=0, max_value=999, places=6, allow_nan=False, allow_infinity=False).map(str)
+
+
+@given(
+    busy=_price,
+    idle=_price,
+    energy=st.lists(_price, min_size=3, max_size=3).map(lambda xs: sorted(xs, key=Decimal)),
+    minimum=_price,
+    busy_s=st.integers(0, 10**7),
+    idle_s=st.integers(0, 10**7),
+    mwh=st.lists(st.integers(0, 10**9), min_size=3, max_size=3),
+)
+def test_charges_equal_the_exact_fraction_computation(
+    busy: str, idle: str, energy: list[str], minimum: str, busy_s: int, idle_s: int, mwh: list[int]
+) -> None:
+    """The integer arithmetic of `charge_for_session` gives what exact fractions give, item by item."""
+    policy = PricingPolicy.model_validate(
+        {
+            "machines": {"laser": {"busy_per_hour": busy, "idle_per_hour": idle}},
+            "energy": dict(zip(("sun", "battery", "grid"), energy, strict=True)),
+            "minimum_charge": minimum,
+        }
+    )
+    by_source = dict(zip(("sun", "battery", "grid"), mwh, strict=True))
+    bill = charge_for_session(policy, "laser", busy_s, idle_s, by_source)
+    per_s = Fraction(1000, 3600)
+    assert bill.time_busy == round(busy_s * Fraction(Decimal(busy)) * per_s)
+    assert bill.time_idle == round(idle_s * Fraction(Decimal(idle)) * per_s)
+    for source, price in zip(("sun", "battery", "grid"), energy, strict=True):
+        assert bill.energy[source] == round(by_source[source] * Fraction(Decimal(price)) / 1000)
+    items = bill.time_busy + bill.time_idle + sum(bill.energy.values())
+    assert bill.minimum == max(0, round(Fraction(Decimal(minimum)) * 1000) - items)
