@@ -79,6 +79,10 @@ READ_SPAN = 100_000
 #: Open (provisional) intervals and the live service's checkpoint are saved at most this often.
 PENDING_EVERY_S = 2.0
 TICK_S = 5.0
+#: Intervals one live step makes final at most (a week of minutes). A gateway far behind (started
+#: on an old journal, or fed by a meter whose clock is years off) catches up in such steps, saving
+#: its checkpoint after each, and a stop waits for one of them only, not for the whole backlog.
+SETTLE_SPAN = 10_080
 #: Readings of one window by series key: (timestamps, values) in journal order.
 Columns = dict[str, tuple[list[float], list[float]]]
 _SID, _TS, _VALUE = itemgetter(0), itemgetter(1), itemgetter(2)
@@ -619,6 +623,7 @@ class EnergyService:
         #: (seq, newest ts up to it) per batch read: where a checkpoint says to re-read from.
         self._marks: list[tuple[int, float]] = []
         self._saved = 0.0
+        self._stopping = False
 
     async def __aenter__(self) -> EnergyService:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.open)
@@ -626,6 +631,7 @@ class EnergyService:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._stopping = True  # a step catching up stops after its current span
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -684,7 +690,16 @@ class EnergyService:
             self._wake.clear()
 
     def step(self, now: float) -> None:
-        """Feed the rows after our position; write final and provisional intervals as of `now`."""
+        """Feed the rows after our position; write final and provisional intervals as of `now`.
+
+        Far behind, it works in spans of `SETTLE_SPAN` intervals, each saved, and returns
+        early when the service is stopping.
+        """
+        while self._step(now) and not self._stopping:
+            pass
+
+    def _step(self, now: float) -> bool:
+        """One span; True when intervals up to `now` remain to be made final."""
         assert self.journal is not None and self.reader is not None and self.engine is not None
         assert self.store is not None
         engine = self.engine
@@ -695,20 +710,29 @@ class EnergyService:
             engine.feed(readings, events)
             self.position = upto
             self._marks.append((upto, engine.max_ts))
-        k_final = int((now - self.cfg.grace_s) // engine.step)
+        k_now = int((now - self.cfg.grace_s) // engine.step)
+        k_from = engine.k_next if engine.k_next is not None else engine.first_k()
+        k_final = k_now if k_from is None else min(k_now, k_from + SETTLE_SPAN)
+        behind = k_final < k_now
         final = engine.settle(k_final, final=True)
         if final:
             self.store.write(final, engine.step, self.cfg.convention, final=True)
         elif time.monotonic() - self._saved < PENDING_EVERY_S:
             # Nothing became final: the open intervals and the checkpoint can wait a moment. Writing
             # them on every journal commit would compete with the ingest path for the database.
-            return
+            return behind
         self._saved = time.monotonic()
-        if math.isfinite(engine.max_ts):
-            pending = engine.settle(int(engine.max_ts // engine.step) + 1, final=False)
+        if math.isfinite(engine.max_ts) and not behind:
+            # Provisional intervals up to the newest reading, a span at most: a reading stamped far
+            # in the future (a device clock gone wrong) must not cost millions of empty intervals.
+            k_pending = int(engine.max_ts // engine.step) + 1
+            if engine.k_next is not None:
+                k_pending = min(k_pending, engine.k_next + SETTLE_SPAN)
+            pending = engine.settle(k_pending, final=False)
             self.store.write(pending, engine.step, self.cfg.convention, final=False)
         state = {**engine.state().to_json(), "resume_seq": self._resume_seq()}
         self.journal.append_with_checkpoint([], CONSUMER, self.position, json.dumps(state))
+        return behind
 
     def _resume_seq(self) -> int:
         engine = self.engine

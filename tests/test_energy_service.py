@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import EnergyConfig
 from gateway.domain.energy import SiteMeters, replay, sessions_from_rows
-from gateway.energy_service import EnergyService, energy_lines, replay_journal, site_meters
+from gateway.energy_service import SETTLE_SPAN, EnergyService, energy_lines, replay_journal, site_meters
 from gateway.energy_store import EnergyStore, pseudonym
 from gateway.journal import Journal
 from tests.energy_helpers import DAY0, energy_config, record_day
@@ -102,6 +102,34 @@ def test_live_service_follows_the_journal_and_resumes_from_its_checkpoint(record
     replay_journal(config)
     replayed = con.execute("SELECT start, consumption, mix_sun, flags FROM energy_intervals ORDER BY start").fetchall()
     assert live[: len(replayed)] == replayed
+
+
+def test_far_behind_the_service_catches_up_in_spans_and_stops_between_them(recorded: Path, tmp_path: Path) -> None:
+    """A clock three weeks past the recorded day (a gateway started on an old journal, or a meter
+    whose clock is wrong): 30,000 intervals to settle, in spans that a stop can come between."""
+    config = energy_config(copy_of(recorded, tmp_path))
+    path = config.journal.path
+    with Journal(path) as journal:
+        journal.append_with_checkpoint([], "energy", 0, json.dumps({"k_next": None, "pool": [0, 0], "sessions": []}))
+    now = DAY0 + 21 * 86400
+    con = sqlite3.connect(path)
+    finals = "SELECT count(*), max(start) FROM energy_intervals WHERE final = 1"
+
+    stopping = EnergyService(config)
+    stopping.open()
+    stopping._stopping = True  # as __aexit__ sets it: one span, then back
+    stopping.step(now)
+    stopping.close()
+    assert con.execute(finals).fetchone()[0] == SETTLE_SPAN
+
+    service = EnergyService(config)
+    service.open()  # from the checkpoint the first span left
+    service.step(now)
+    service.close()
+    count, last = con.execute(finals).fetchone()
+    k_now = int((now - config.energy.grace_s) // 60)
+    assert last == (k_now - 1) * 60  # every interval up to the clock is final
+    assert count == k_now - int(DAY0 // 60)  # each once, none skipped
 
 
 def test_tsdb_lines_name_members_only_by_pseudonym(recorded: Path, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from gateway.api.routes import (
     pages,
     readings,
     sessions,
+    statements,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(energy.router)
     app.include_router(ledger.router)
     app.include_router(audit.router)
+    app.include_router(statements.router)
     # The embedded dashboards (HTML, no token) and their live feed (token): left out of OpenAPI.
     app.include_router(pages.router)
     return app

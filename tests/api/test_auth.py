@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, cast
 
 import pytest
@@ -81,6 +82,8 @@ REACH_FOR_BOB: dict[tuple[str, str], dict[str, Any]] = {
     ("DELETE", "/api/v1/machines/{machine_id}/reservation"): {},
     ("GET", "/api/v1/sessions"): {"query": {"member": "bob"}},
     ("GET", "/api/v1/alerts"): {},
+    ("GET", "/api/v1/members/{member_id}/statements/{month}"): {"query": {"format": "csv"}},
+    ("GET", "/api/v1/reports/community/{month}"): {},
 }
 PATH_VALUES = {
     "member_id": "bob",
@@ -90,6 +93,7 @@ PATH_VALUES = {
     "contribution_id": "1",
     "session_id": "cnc-1",
     "tx_id": "1",
+    "month": time.strftime("%Y-%m", time.gmtime()),
 }
 
 
