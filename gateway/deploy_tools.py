@@ -340,6 +340,26 @@ def manifest_path(backup_path: Path) -> Path:
     return backup_path.with_name(backup_path.name + ".manifest.json")
 
 
+#: The audit log's signing key, beside the database (gateway.audit.log.KEY_FILE).
+AUDIT_KEY = "audit-key.pem"
+
+
+def key_backup_path(backup_path: Path) -> Path:
+    return backup_path.with_name(backup_path.name + "." + AUDIT_KEY)
+
+
+def _copy_private(src: Path, dst: Path) -> None:
+    """Copy a secret: the copy is readable by its owner only, from its first byte."""
+    tmp = dst.with_name(dst.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(src.read_bytes())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+
+
 def backup(db_path: str | Path, out_path: str | Path) -> dict[str, Any]:
     """Copy a live database to out_path, check it, write its manifest; returns the manifest."""
     src_path, out = Path(db_path), Path(out_path)
@@ -356,6 +376,11 @@ def backup(db_path: str | Path, out_path: str | Path) -> dict[str, Any]:
         tmp.unlink()
         raise DeployError(f"{src_path}: the copy fails its integrity check: {check}")
     os.replace(tmp, out)
+    # The signing key goes with the database: without it the lab cannot sign checkpoints that
+    # members can check against the key it has published. It is as private as the key itself.
+    key = src_path.with_name(AUDIT_KEY)
+    if key.exists():
+        _copy_private(key, key_backup_path(out))
     manifest = {
         "source": str(src_path.resolve()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -365,6 +390,8 @@ def backup(db_path: str | Path, out_path: str | Path) -> dict[str, Any]:
         "bytes": out.stat().st_size,
         "sha256": _sha256(out),
     }
+    if key.exists():
+        manifest["audit_key"] = {"file": key_backup_path(out).name, "sha256": _sha256(key_backup_path(out))}
     manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -401,6 +428,13 @@ def verify_backup(backup_path: Path) -> dict[str, Any] | None:
         manifest = json.loads(manifest_path(backup_path).read_text(encoding="utf-8"))
         if manifest.get("sha256") != _sha256(backup_path):
             raise DeployError(f"{backup_path}: its SHA-256 differs from its manifest's (damaged or altered)")
+        key = manifest.get("audit_key")
+        if key is not None:
+            key_file = key_backup_path(backup_path)
+            if not key_file.exists():
+                raise DeployError(f"{key_file}: the audit signing key saved with this backup is missing")
+            if key.get("sha256") != _sha256(key_file):
+                raise DeployError(f"{key_file}: its SHA-256 differs from the manifest's (damaged or altered)")
     try:
         check = _integrity(backup_path)
     except sqlite3.DatabaseError as exc:
@@ -435,7 +469,20 @@ def restore(backup_path: str | Path, db_path: str | Path, *, force: bool = False
             if old.exists():
                 os.replace(old, Path(f"{kept}{suffix}"))
     os.replace(tmp, db)
+    _restore_key(src, db)
     return kept
+
+
+def _restore_key(backup_path: Path, db: Path) -> None:
+    """The audit key saved with the backup goes back beside the database; a different one is kept aside."""
+    saved, key = key_backup_path(backup_path), db.with_name(AUDIT_KEY)
+    if not saved.exists():
+        return
+    if key.exists():
+        if key.read_bytes() == saved.read_bytes():
+            return
+        os.replace(key, key.with_name(AUDIT_KEY + ".before-restore"))
+    _copy_private(saved, key)
 
 
 def _same_owner(old: Path, new: Path) -> None:
@@ -457,6 +504,7 @@ __all__ = [
     "broker_users",
     "describe",
     "in_use",
+    "key_backup_path",
     "password_hash",
     "restore",
     "verify_backup",

@@ -23,6 +23,7 @@ from gateway.deploy_tools import (
     DeployError,
     backup,
     broker_users,
+    key_backup_path,
     password_hash,
     read_passwords,
     restore,
@@ -322,6 +323,29 @@ def test_restore_refuses_a_damaged_backup(tmp_path: Path) -> None:
     data[-100] ^= 0xFF
     out.write_bytes(bytes(data))
     with pytest.raises(DeployError, match="SHA-256"):
+        restore(out, path)
+
+
+def test_the_audit_signing_key_is_backed_up_and_restored_with_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "commonwatt.sqlite"
+    with Journal(path) as journal:
+        journal.append([Reading(1.0, "meter", "power_w", 1.0)])
+    key = tmp_path / "audit-key.pem"
+    key.write_bytes(b"the lab's key\n")
+    out = tmp_path / "backups" / "backup.sqlite"
+    out.parent.mkdir()
+    manifest = backup(path, out)
+    saved = key_backup_path(out)
+    assert saved.read_bytes() == key.read_bytes()
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600  # as private as the key
+    assert manifest["audit_key"]["file"] == saved.name
+    # A new machine: the database and the key come back; a key that was there is kept aside.
+    key.write_bytes(b"a key made by mistake on the new machine\n")
+    restore(out, path)
+    assert key.read_bytes() == b"the lab's key\n"
+    assert (tmp_path / "audit-key.pem.before-restore").read_bytes().startswith(b"a key made by mistake")
+    saved.write_bytes(b"altered\n")
+    with pytest.raises(DeployError, match=r"audit-key\.pem: its SHA-256"):
         restore(out, path)
 
 
