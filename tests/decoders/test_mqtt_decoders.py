@@ -136,6 +136,17 @@ def test_venus_keepalive_asks_for_a_full_republish_when_nothing_was_heard() -> N
     assert decoder.keepalive("c0619ab1b2c3")[0][1] == b'{ "keepalive-options" : ["suppress-republish"] }'
 
 
+def test_venus_keepalive_asks_for_a_full_republish_every_tenth_time_anyway() -> None:
+    """Values are published on change only: a resting battery's counters must still come by."""
+    decoder = VictronVenusDecoder()
+    key = "c0619ab1b2c3/battery/512"
+    kinds = []
+    for _ in range(25):
+        decoder.decode(f"N/{key}/Soc", b'{"value": 80}', TS)  # the device is heard every time
+        kinds.append("full" if decoder.keepalive(key)[0][1] == b"" else "quiet")
+    assert kinds == (["full"] + ["quiet"] * 9) * 2 + ["full"] + ["quiet"] * 4
+
+
 def test_venus_topics() -> None:
     assert VictronVenusDecoder().topics() == ["N/#"]
     assert VictronVenusDecoder().topics("c0/battery/512") == ["N/c0/battery/512/#"]

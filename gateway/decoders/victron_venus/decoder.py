@@ -26,6 +26,12 @@ from gateway.decoders.victron_venus.fields import SERVICES, Field
 from gateway.model import Reading, Record
 
 SUPPRESS_REPUBLISH = b'{ "keepalive-options" : ["suppress-republish"] }'
+#: Every this many keep-alives of a device (about 5 minutes at the source's 30 s), one asks for a
+#: full republish anyway. Venus publishes a value only when it changes: a battery's energy
+#: counter stays silent for hours while the battery rests, and the energy balance would count
+#: that silence as missing data (a gap is longer than `energy.max_gap_s`, 15 minutes by default).
+#: Republished, the unchanged counter proves that no energy flowed.
+FULL_EVERY = 10
 
 
 def keepalive_topic(portal: str) -> str:
@@ -75,14 +81,18 @@ class VictronVenusDecoder(MqttDecoder):
         self._online: dict[str, float] = {}
         #: keep-alive key -> whether anything was heard from it since its last keep-alive.
         self._heard: dict[str, bool] = {}
+        #: keep-alive key -> keep-alives since its last full republish.
+        self._since_full: dict[str, int] = {}
 
     def topics(self, prefix: str | None = None) -> list[str]:
         return [f"N/{prefix}/#"] if prefix else list(self.default_topics)
 
     def keepalive(self, device_key: str) -> list[tuple[str, bytes]]:
         portal = device_key.split("/", 1)[0]
-        full = not self._heard.get(device_key, False)
+        since = self._since_full.get(device_key, FULL_EVERY)
+        full = not self._heard.get(device_key, False) or since + 1 >= FULL_EVERY
         self._heard[device_key] = False
+        self._since_full[device_key] = 0 if full else since + 1
         return [full_keepalive(portal) if full else quiet_keepalive(portal)]
 
     def decode(self, topic: str, payload: bytes, ts: float) -> list[Record]:

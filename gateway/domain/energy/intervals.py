@@ -15,6 +15,10 @@ integer. Where the delta goes:
   would mark nearly every interval of a meter that is not read exactly on the boundaries;
 - across three or more intervals (some interval has no reading of its own): spread over
   them in proportion to time, largest remainder, and every one of them is `ESTIMATED`;
+- a counter that did not move (by less than half a mWh), across any span, even a silence
+  longer than `max_gap_s`: zero in every interval of it, with no flag. A counter never goes down, so an unchanged
+  value proves that nothing flowed at any moment in between (devices that publish on change
+  only, Victron's GX, an inverter asleep at night, are silent exactly when nothing flows);
 - after a `gap` (more than `max_gap_s` of silence; the tracker's flag): not placed at all.
   The energy is real but when it flowed is unknown, so it is added to the series'
   `unplaced_mwh`, reported beside the intervals, and every interval the silence touches is
@@ -158,6 +162,10 @@ class CounterSeries:
     def _place(self, start: float, end: float, mwh: int, flag: str) -> None:
         """A delta that is not the plain case: across boundaries, after a gap or a reset."""
         res = self.result
+        if mwh == 0 and flag in ("ok", "gap"):
+            # The counter did not move (not by half a mWh): a counter never goes down, so nothing
+            # flowed at any moment between the two readings, however long the silence.
+            return
         ks, ke = _span(start, end, res.interval_s)
         if flag == "gap" or end - start > self.max_gap_s:
             res.unplaced_mwh += mwh

@@ -45,6 +45,22 @@ def test_gap_is_missing_and_unplaced() -> None:
     assert sum(energy) + s.result.unplaced_mwh == 6000
 
 
+def test_a_counter_that_did_not_move_proves_nothing_flowed_however_long_the_silence() -> None:
+    """A battery at rest behind a GX that publishes on change only, an inverter asleep at night."""
+    s = counter([(0.0, 0.0), (60.0, 1.0), (7260.0, 1.0), (7320.0, 2.0)], max_gap_s=900)
+    energy, flags = s.result.as_lists(0, 122)
+    assert s.result.unplaced_mwh == 0
+    assert energy[0] == 1000 and energy[121] == 1000 and sum(energy) == 2000
+    assert all(f == OK for f in flags)  # two hours of silence, and not one interval missing
+    # The same silence with the counter moved by 1 mWh: when it flowed is unknown, so it is missing.
+    s = counter([(0.0, 0.0), (60.0, 1.0), (7260.0, 1.001), (7320.0, 2.001)], max_gap_s=900)
+    energy, flags = s.result.as_lists(0, 122)
+    assert s.result.unplaced_mwh == 1 and all(f & MISSING for f in flags[1:121])
+    # Not spread and estimated either, over a shorter silence.
+    s = counter([(0.0, 0.0), (60.0, 1.0), (600.0, 1.0), (660.0, 2.0)], max_gap_s=900)
+    assert s.result.as_lists(0, 11)[1] == [OK] * 11
+
+
 def test_reset_counts_what_the_meter_shows_and_flags_missing() -> None:
     s = counter([(0.0, 100.0), (30.0, 101.0), (60.0, 102.0), (90.0, 0.5), (120.0, 1.0)])
     energy, flags = s.result.as_lists(0, 2)
