@@ -13,12 +13,14 @@ One engine (`EnergyEngine`) serves both:
 - `EnergyService`, in the gateway, a journal consumer like the machine floor: it wakes on
   every commit, feeds the new rows, writes the intervals not yet final (`final = 0`,
   rewritten as readings arrive) and makes an interval final once its end plus
-  `final_after_s` (two intervals by default) has passed. Its state (the next interval to
+  `final_after_s` (two intervals by default) has passed and every meter has reported past
+  its end, or `max_gap_s` more has passed (`EnergyEngine.k_ready`). Its state (the next interval to
   make final, the battery pool, the sessions still open, where to re-read from) is saved
   with `Journal.append_with_checkpoint`; after a restart it re-reads from there.
 
 Replay is the reference. The live service gives the same numbers except where a reading
-reached the journal later than `final_after_s` after its interval ended; `commonwatt replay`
+reached the journal later than `max_gap_s` after the meter's previous one (a late delivery,
+not a slow meter: those are waited for); `commonwatt replay`
 (gateway stopped) rebuilds the tables from the journal and the live service goes on from
 the replay's end.
 
@@ -169,6 +171,22 @@ class EnergyEngine:
     @property
     def max_ts(self) -> float:
         return self.router.max_ts
+
+    def k_ready(self, now: float, grace_s: float) -> int:
+        """Intervals before this one may be made final at `now` (live).
+
+        An interval is final `grace_s` after its end once every meter has reported past it,
+        so a meter that reports every few minutes (Tasmota's default TelePeriod is 5 min, a
+        Victron GX publishes on change) still has its delta placed in the intervals it spans;
+        and in any case once `max_gap_s` has passed: a meter silent that long is missing
+        there, whatever it says next. The same numbers a replay gives.
+        """
+        k_now = int((now - grace_s) // self.step)
+        reported = self.router.reported_until()
+        if reported is None:
+            return k_now
+        k_dead = int((now - self.cfg.max_gap_s - grace_s) // self.step)
+        return min(k_now, max(int(reported // self.step), k_dead))
 
     def state(self) -> EngineState:
         live = tuple(sorted(self.sessions.values(), key=lambda s: (s.start, s.session_id)))
@@ -710,7 +728,7 @@ class EnergyService:
             engine.feed(readings, events)
             self.position = upto
             self._marks.append((upto, engine.max_ts))
-        k_now = int((now - self.cfg.grace_s) // engine.step)
+        k_now = engine.k_ready(now, self.cfg.grace_s)
         k_from = engine.k_next if engine.k_next is not None else engine.first_k()
         k_final = k_now if k_from is None else min(k_now, k_from + SETTLE_SPAN)
         behind = k_final < k_now

@@ -173,6 +173,13 @@ class Router:
         firsts = [s.first_ts for s in self.series().values() if s.first_ts is not None]
         return min(firsts) if firsts else None
 
+    def reported_until(self) -> float | None:
+        """The oldest of the series' newest readings: no later reading can change an interval
+        that ends before it (a counter's next delta starts at its last reading). None: no
+        series has any reading yet."""
+        lasts = [s.last_ts for s in self.series().values() if s.last_ts is not None]
+        return min(lasts) if lasts else None
+
     def forget(self, k: int) -> None:
         """Drop what the intervals before `k` hold (they are final); memory stays flat over a month."""
         for counter in self.counters.values():
