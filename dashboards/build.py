@@ -7,13 +7,16 @@ provisions it:
 - Site energy: the seven flows, PV, battery power and state of charge, grid import and
   export, self-consumption and self-sufficiency, today and this month;
 - Machines: state timeline, sessions, utilization, energy per machine, unauthorized use;
-- Members: energy by source per member (pseudonyms, never names) and the community's totals;
+- Members: energy by source and credits per member (pseudonyms, never names), the community's
+  totals;
 - Gateway health: ingest rate, rejected frames by reason, journal and sink lag, devices last seen.
 
 The series they read (see dashboards/README.md): `commonwatt_<metric>` from the readings
 (gateway/sinks/TSDB.md), `commonwatt_energy_*_mwh` from the energy intervals (one sample per
-interval, at its start, in mWh: a window's energy is `sum_over_time`), `commonwatt_machine_*`
-from `gateway/sinks/machinestate.py`, and the gateway's own /metrics scraped by VictoriaMetrics.
+interval, at its start, in mWh: a window's energy is `sum_over_time`), `commonwatt_ledger_*_mcr`
+from the credit ledger (gateway/sinks/ledger_tsdb.py: one sample per transaction, in milli-credits:
+a window's amounts are `sum_over_time`, a balance `last_over_time`), `commonwatt_machine_*` from
+`gateway/sinks/machinestate.py`, and the gateway's own /metrics scraped by VictoriaMetrics.
 
 The JSON is committed; the test suite fails when it differs from what this file generates.
 """
@@ -86,6 +89,12 @@ FLOW_NAMES = {
     "grid_load": "grid → load",
     "grid_battery": "grid → battery",
 }
+#: mcr -> credits, shown with three decimals (a milli-credit is the ledger's unit).
+CREDITS = "/ 1e3"
+CREDIT_UNIT = "suffix: credits"
+CREDIT_DECIMALS = 3
+#: A member's balance is the last transaction's `balance_mcr`; one this old or newer is looked for.
+BALANCE_LOOKBACK = "1y"
 SOURCES = {"sun": "sun", "battery_sun": "battery (sun)", "battery_grid": "battery (grid)", "grid": "grid"}
 #: `commonwatt_machine_state_code` values (gateway/sinks/machinestate.py STATE_CODES).
 MACHINE_STATES = {
@@ -477,7 +486,7 @@ def members() -> Dashboard:
     board = dashboard(
         "commonwatt-members",
         "Members",
-        "Energy by source per member (pseudonyms) and the community's totals.",
+        "Energy by source and credits per member (pseudonyms), the community's totals.",
         [site_variable("commonwatt_energy_energy_mwh"), period_variable(), member_variable()],
     )
     member = f'{S}, kind="member"'
@@ -558,7 +567,7 @@ def members() -> Dashboard:
         query(f"sum(sum_over_time(commonwatt_energy_{src}_mwh{{{sel}}}[$__interval])) {KWH}", name, ref=chr(65 + i))
         for i, (src, name) in enumerate(SOURCES.items())
     ]
-    return board.with_panel(
+    board = board.with_panel(
         series_panel(
             "Selected members' energy by source",
             "The selected members' energy per period (variable 'Energy per'), by source.",
@@ -569,6 +578,128 @@ def members() -> Dashboard:
             interval="$period",
             span=24,
         )
+    )
+    return credits_row(board)
+
+
+def credit_window(expr: str, rng: str = "$__range") -> str:
+    """Credits of a window from the per-transaction mcr series."""
+    return f"sum(sum_over_time({expr}[{rng}])) {CREDITS}"
+
+
+def balances(selector: str) -> str:
+    """Each member's balance after their last transaction before the evaluation time, in mcr."""
+    return f"last_over_time(commonwatt_ledger_balance_mcr{{{selector}}}[{BALANCE_LOOKBACK}])"
+
+
+def credits_row(board: Dashboard) -> Dashboard:
+    """The credit ledger (gateway/sinks/ledger_tsdb.py): the community's totals, then per member."""
+    member = f'{S}, account="member"'
+    sel = f'{member}, member=~"$member"'
+    allowance = f'commonwatt_ledger_issued_mcr{{{S}, account="issuance:allowance", kind="allowance"}}'
+    contributions = f'commonwatt_ledger_issued_mcr{{{S}, account="contributions"}}'
+    board = board.with_row(Row("Credits"))
+    for title, description, expr in (
+        (
+            "Credits charged",
+            "Credits charged for sessions in the time range, all members: machine time, energy and "
+            "minimum charges. A charge reversed later still counts here; the reversal refunds it.",
+            credit_window(f"commonwatt_ledger_charged_mcr{{{member}}}"),
+        ),
+        (
+            "Allowance issued",
+            "Monthly allowance credited to members in the time range (before any of it expires).",
+            credit_window(allowance),
+        ),
+        (
+            "Contributions granted",
+            "Credits granted to members for their contributions in the time range (teaching, cleaning, "
+            "repairs ...); a reversed contribution is subtracted.",
+            credit_window(contributions),
+        ),
+        (
+            "Members' credit",
+            "The sum of every member's balance at the end of the time range: credit the members hold, "
+            "less what members with a negative balance owe.",
+            f"sum({balances(member)}) {CREDITS}",
+        ),
+    ):
+        board = board.with_panel(stat_panel(title, description, expr, CREDIT_UNIT, span=6, decimals=CREDIT_DECIMALS))
+    board = board.with_panel(
+        bar_panel(
+            "Credits charged per member",
+            "Credits charged to each member for sessions in the time range (members by pseudonym).",
+            f"sum by (member) (sum_over_time(commonwatt_ledger_charged_mcr{{{sel}}}[$__range])) {CREDITS}",
+            "{{member}}",
+            CREDIT_UNIT,
+        ).decimals(CREDIT_DECIMALS)
+    )
+    board = board.with_panel(
+        bar_panel(
+            "Balance per member",
+            "Each member's balance at the end of the time range, after their last transaction (members by "
+            "pseudonym). Negative: the member owes credits, down to their credit limit.",
+            f"sum by (member) ({balances(sel)}) {CREDITS}",
+            "{{member}}",
+            CREDIT_UNIT,
+        ).decimals(CREDIT_DECIMALS)
+    )
+    spent: Targets = [
+        query(
+            f'sum by (machine) (sum_over_time(commonwatt_ledger_spent_mcr{{{S}, account="machine-time"}}[$__interval])) {CREDITS}',  # noqa: E501
+            "machine time, {{machine}}",
+            ref="A",
+        ),
+        query(
+            f'sum by (source) (sum_over_time(commonwatt_ledger_spent_mcr{{{S}, account="energy"}}[$__interval])) {CREDITS}',  # noqa: E501
+            "energy, {{source}}",
+            ref="B",
+        ),
+        query(
+            f'sum(sum_over_time(commonwatt_ledger_spent_mcr{{{S}, account="commons"}}[$__interval])) {CREDITS}',
+            "minimum charges (commons)",
+            ref="C",
+        ),
+    ]
+    board = board.with_panel(
+        series_panel(
+            "Credits spent by account",
+            "What the members' credits paid for, per period (variable 'Energy per'): each machine's time, "
+            "energy by source (sun, battery, grid), and what minimum charges added (the commons). "
+            "A reversed charge counts negative.",
+            spent,
+            CREDIT_UNIT,
+            bars=True,
+            stacked=True,
+            interval="$period",
+        ).decimals(CREDIT_DECIMALS)
+    )
+    issued: Targets = [
+        query(f"sum(sum_over_time({allowance}[$__interval])) {CREDITS}", "allowance", ref="A"),
+        query(f"sum(sum_over_time({contributions}[$__interval])) {CREDITS}", "contributions", ref="B"),
+    ]
+    board = board.with_panel(
+        series_panel(
+            "Credits issued",
+            "Credits the community handed out per period (variable 'Energy per'): the monthly allowance "
+            "and contributions.",
+            issued,
+            CREDIT_UNIT,
+            bars=True,
+            stacked=True,
+            interval="$period",
+        ).decimals(CREDIT_DECIMALS)
+    )
+    return board.with_panel(
+        bar_panel(
+            "Credits spent by account, in total",
+            "What the members' credits paid for in the time range: machine time per machine, energy by "
+            "source, minimum charges (commons).",
+            f"sum by (account, machine, source) (sum_over_time(commonwatt_ledger_spent_mcr{{{S}}}[$__range])) {CREDITS}",  # noqa: E501
+            "{{account}} {{machine}}{{source}}",
+            CREDIT_UNIT,
+            span=24,
+        ).decimals(CREDIT_DECIMALS)
     )
 
 

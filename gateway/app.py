@@ -187,6 +187,10 @@ class Gateway:
         self.ledger = LedgerService(self.config, publish=self._publish)
         await self._stack.enter_async_context(self.ledger)
         self._wakers.append(self.ledger.notify)
+        if self.config.tsdb is not None:
+            from gateway.sinks.ledger_tsdb import LedgerTsdbWriter
+
+            await self._start_tsdb_writer(LedgerTsdbWriter)
 
     async def _start_audit(self) -> None:
         from gateway.audit.service import AuditService
@@ -233,20 +237,25 @@ class Gateway:
         await self._stack.enter_async_context(self.energy)
         self._wakers.append(self.energy.notify)
         if self.config.tsdb is not None:
-            t = self.config.tsdb
-            writer = EnergyTsdbWriter(
-                journal_path=self.config.journal.path,
-                site=self.config.site.id,
-                url=t.url,
-                token=t.token,
-                org=t.org,
-                bucket=t.bucket,
-                timeout_s=t.timeout_s,
-                max_backoff_s=t.max_backoff_s,
-            )
-            await self._stack.enter_async_context(writer)
-            self._wakers.append(writer.notify)
-            self.sinks.append(writer)
+            await self._start_tsdb_writer(EnergyTsdbWriter)
+
+    async def _start_tsdb_writer(self, make: Callable[..., Any]) -> None:
+        """A writer to the TSDB with a journal cursor of its own (energy, ledger), on `[tsdb]`."""
+        t = self.config.tsdb
+        assert t is not None
+        writer = make(
+            journal_path=self.config.journal.path,
+            site=self.config.site.id,
+            url=t.url,
+            token=t.token,
+            org=t.org,
+            bucket=t.bucket,
+            timeout_s=t.timeout_s,
+            max_backoff_s=t.max_backoff_s,
+        )
+        await self._stack.enter_async_context(writer)
+        self._wakers.append(writer.notify)
+        self.sinks.append(writer)
 
     async def _start_api(self) -> None:
         import uvicorn

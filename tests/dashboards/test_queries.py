@@ -7,11 +7,23 @@ state sink writes every second, and VictoriaMetrics scrapes the gateway's /metri
 second, as `deploy/` sets it up in production (`-promscrape.config`). One malformed
 frame is published so that the "rejected frames" panel has something to show.
 
+The lab prices its machines and energy (`PRICING`): the ledger issues the month's
+allowance when the gateway starts, and the gateway's ledger writer sends it to
+VictoriaMetrics. Sessions are charged once the energy of their last interval is final,
+which on a running gateway is two intervals after they end; here, after the run, the
+replay makes the intervals final and the ledger charges the run's sessions, as the
+gateway would have a couple of minutes later. An operator grants a contribution through
+the API, and the ledger writer, started again, sends what came after its cursor.
+
 Then:
-- every panel's query, with its variables resolved, returns at least one series;
+- every panel's query, with its variables resolved, returns at least one series (the
+  credit panels asked once the run's sessions are charged);
 - the site's PV energy and grid import, and each member's energy, computed by the
   dashboards' own queries, agree with the gateway's API (`/api/v1/energy/balance`,
-  `/api/v1/members/{id}/energy`) within 0.5 %.
+  `/api/v1/members/{id}/energy`) within 0.5 %;
+- the credits charged to each member and each member's balance on the Members dashboard,
+  and the community's credit totals, are the ledger API's (`/api/v1/ledger/...`) to the
+  milli-credit.
 """
 
 from __future__ import annotations
@@ -38,7 +50,12 @@ from gateway.demo.run import demo_config_text
 from gateway.demo.scenario import DEMO_PEOPLE, BadgeNodes, Scenario, machines_toml, seed_people
 from gateway.energy_service import EnergyTsdbWriter, replay_journal
 from gateway.energy_store import EnergyStore, pseudonym
+from gateway.journal import Journal
+from gateway.ledger import Ledger
+from gateway.ledger_service import LedgerCore
 from gateway.people import People
+from gateway.sinks.ledger_tsdb import CONSUMER as LEDGER_TSDB
+from gateway.sinks.ledger_tsdb import LedgerTsdbWriter
 from gateway.sinks.machinestate import MachineStateSink
 from tests.services import VictoriaMetrics, _find, free_port
 
@@ -47,6 +64,28 @@ SITE = "demo"
 RUN_S = 24.0
 SPEED = 10.0
 TOLERANCE = 0.005
+#: The lab's prices: high enough that the run's short sessions cost machine time, energy of
+#: each source they drew and a minimum charge; a credit limit no session of the run reaches,
+#: so that the lab's sessions are the same as without prices.
+PRICING = """
+[pricing]
+minimum_charge = "5"
+credit_limit = "1000"
+
+[pricing.default_rate]
+busy_per_hour = "60"
+idle_per_hour = "6"
+
+[pricing.energy]
+sun = "50"
+battery = "100"
+grid = "200"
+
+[pricing.allowance]
+amount = "20"
+"""
+#: What the operator grants during the run, in mcr.
+CONTRIBUTION_MCR = 12_500
 
 
 class ScrapingVictoriaMetrics(VictoriaMetrics):
@@ -92,6 +131,7 @@ class LabRun:
     started: float
     ended: float  # while the gateway still ran: instant queries of scraped series are asked at this time
     token: str
+    credited: float  # after the run's sessions were charged and sent: the credit panels are asked at this time
 
 
 async def _play(config: Config, broker: EmbeddedBroker, site: DemoSite, nodes: BadgeNodes, vm_url: str) -> float:
@@ -127,7 +167,8 @@ async def _lab(folder: Path, vm: VictoriaMetrics, api_port: int) -> tuple[Config
     ):
         path = folder / "commonwatt.toml"
         tsdb = f'[tsdb]\nurl = "{vm.url}"\nmax_backoff_s = 1.0\n'
-        path.write_text(demo_config_text(broker.port, api_port) + "\n" + tsdb + "\n" + machines_toml(SPEED))
+        text = demo_config_text(broker.port, api_port) + "\n" + tsdb + "\n" + machines_toml(SPEED) + PRICING
+        path.write_text(text)
         config = load_config(path)
         with People(config.journal.path) as people:
             seed_people(people)
@@ -159,6 +200,56 @@ async def _deliver_energy(config: Config, vm_url: str) -> None:
             await asyncio.sleep(0.1)
 
 
+def _charge_the_runs_sessions(config: Config) -> int:
+    """The ledger's next step, as the gateway takes it once the sessions' energy is final; how many it charged."""
+    core = LedgerCore.open(config)
+    try:
+        core.step(time.time())
+        return core.charged
+    finally:
+        core.close()
+
+
+def _grant_contribution(config: Config, token: str, member: str) -> None:
+    """An operator grants a contribution through the API, as the lab's office would."""
+    app = create_app(Gateway(config))
+    with TestClient(app) as client:
+        response = client.post(
+            "/api/v1/ledger/contributions",
+            json={"member": member, "amount_mcr": CONTRIBUTION_MCR, "category": "cleaning", "note": "the workshop"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    for store in ("ledger", "people"):
+        if getattr(app.state, store, None) is not None:
+            getattr(app.state, store).close()
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "posted"
+
+
+async def _deliver_credits(config: Config, vm_url: str) -> None:
+    """The ledger's transactions the gateway's ledger writer had not sent, as its next start sends them."""
+    with Journal(config.journal.path) as journal:
+        last = journal.last_seq()
+    async with LedgerTsdbWriter(journal_path=config.journal.path, site=SITE, url=vm_url) as writer:
+        assert await asyncio.to_thread(writer.wait_delivered, last, 20), "ledger transactions not delivered"
+
+
+def _credits_searchable(config: Config, vm: VictoriaMetrics, at: float) -> None:
+    """Wait until a query at `at` finds every sample the ledger writers sent.
+
+    VictoriaMetrics makes fresh samples searchable a second or two after they were written,
+    flushed or not. A member's posting is two samples (the amount and the balance), any other one.
+    """
+    with Ledger(config.journal.path, config.pricing) as ledger:
+        txs = ledger.transactions(0, 100_000)
+    points = sum(2 if p.account.startswith("member:") else 1 for tx in txs for p in tx.postings)
+    expr = "sum(count_over_time({__name__=~'commonwatt_ledger_.*'}[1h]))"
+    deadline = time.monotonic() + 15
+    while (found := sum(int(r["value"][1]) for r in vm_query(vm, expr, at=at))) != points:
+        assert found < points and time.monotonic() < deadline, f"{found} ledger samples searchable, {points} written"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
     folder = tmp_path_factory.mktemp("dash-lab")
@@ -174,10 +265,19 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
         _meters_report_again(config, ended + 180.0)
         replay_journal(config)
         asyncio.run(_deliver_energy(config, vm.url))
+        with Journal(config.journal.path) as journal:
+            assert journal.cursor(LEDGER_TSDB) > 0, "the gateway's ledger writer sent the month's allowance"
+        assert _charge_the_runs_sessions(config) >= 2, "members' sessions were charged"
         with People(config.journal.path) as people:
             token = people.create_token("admin")
+        _grant_contribution(config, token, DEMO_PEOPLE[0].id)
+        asyncio.run(_deliver_credits(config, vm.url))
+        # After every ledger point, by more than the range queries' step: VictoriaMetrics aligns
+        # their ends to the step.
+        credited = time.time() + 10.0
         vm.flush()
-        yield LabRun(config, vm, started, ended, token)
+        _credits_searchable(config, vm, credited)
+        yield LabRun(config, vm, started, ended, token, credited)
     finally:
         vm.stop()
 
@@ -235,12 +335,15 @@ def test_the_dashboards_have_queries() -> None:
 
 @pytest.mark.parametrize(("board", "title", "target"), targets(), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_query_returns_series(lab: LabRun, board: str, title: str, target: dict[str, Any]) -> None:
-    window = int(lab.ended - lab.started) + 300
+    # The credit panels are asked once the run's sessions are charged; the others, scraped
+    # series among them, while the gateway still ran.
+    end = lab.credited if "commonwatt_ledger_" in target["expr"] else lab.ended
+    window = int(end - lab.started) + 300
     expr = resolve(target["expr"], window)
     if target.get("instant"):
-        result = vm_query(lab.vm, expr, at=lab.ended)
+        result = vm_query(lab.vm, expr, at=end)
     else:
-        result = vm_query_range(lab.vm, expr, lab.started - 120, lab.ended)
+        result = vm_query_range(lab.vm, expr, lab.started - 120, end)
     assert result, f"{board} / {title}: no series for {expr}"
 
 
@@ -310,3 +413,81 @@ def test_each_members_energy_agrees_with_the_member_api(lab: LabRun) -> None:
         assert close(on_dashboard, total["energy_mwh"]), (member.id, on_dashboard, total)
         compared += total["energy_mwh"] > 0
     assert compared >= 2, "members worked at the machines during the run"
+
+
+def dashboard_mcr(lab: LabRun, board: str, title: str, p: Period, label: str = "member") -> dict[str, int]:
+    """The panel's query over the period, in whole mcr, by `label` ('' for a single value)."""
+    expr = resolve(panel_expr(board, title), p.until - p.since)
+    out = {}
+    for r in vm_query(lab.vm, expr, at=p.until):
+        mcr = float(r["value"][1]) * 1000
+        assert abs(mcr - round(mcr)) < 1e-6, f"{title}: {r['value'][1]} credits is not a whole number of mcr"
+        out[r["metric"].get(label, "")] = round(mcr)
+    return out
+
+
+def ledger_transactions(lab: LabRun) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    while True:
+        page = api(lab, "/api/v1/ledger/transactions", after=str(found[-1]["id"] if found else 0), limit="1000")
+        found += page
+        if len(page) < 1000:
+            return found
+
+
+def test_each_members_credits_agree_with_the_ledger_api(lab: LabRun) -> None:
+    p = period(lab)
+    with EnergyStore(lab.config.journal.path, readonly=True) as store:
+        secret = store.secret()
+    charged: dict[str, int] = {}
+    for tx in ledger_transactions(lab):
+        if tx["kind"] == "charge" and p.since * 1000 <= tx["ts_ms"] < p.until * 1000:
+            for posting in tx["postings"]:
+                if posting["account"].startswith("member:"):
+                    member = posting["account"].removeprefix("member:")
+                    charged[member] = charged.get(member, 0) - posting["amount"]["mcr"]
+    shown = dashboard_mcr(lab, "members", "Credits charged per member", p)
+    balances = dashboard_mcr(lab, "members", "Balance per member", p)
+    for member in DEMO_PEOPLE:
+        account = api(lab, f"/api/v1/ledger/members/{urllib.parse.quote(member.id)}")
+        who = pseudonym(secret, member.id)
+        assert shown.get(who, 0) == charged.get(member.id, 0), (member.id, shown.get(who), charged.get(member.id))
+        assert balances.get(who, 0) == account["balance"]["mcr"], (member.id, balances.get(who), account["balance"])
+    assert sum(1 for n in charged.values() if n > 0) >= 2, "members' sessions were charged"
+
+
+def test_the_communitys_credit_totals_agree_with_the_ledger_api(lab: LabRun) -> None:
+    p = period(lab)
+    balances = {b["account"]: b["balance"]["mcr"] for b in api(lab, "/api/v1/ledger/balances")}
+    charges = sum(
+        -posting["amount"]["mcr"]
+        for tx in ledger_transactions(lab)
+        if tx["kind"] == "charge"
+        for posting in tx["postings"]
+        if posting["account"].startswith("member:")
+    )
+    members = sum(n for account, n in balances.items() if account.startswith("member:"))
+    assert dashboard_mcr(lab, "members", "Credits charged", p) == {"": charges}
+    assert dashboard_mcr(lab, "members", "Allowance issued", p) == {"": -balances["issuance:allowance"]}
+    assert dashboard_mcr(lab, "members", "Contributions granted", p) == {"": CONTRIBUTION_MCR}
+    assert balances["contributions"] == -CONTRIBUTION_MCR
+    assert dashboard_mcr(lab, "members", "Members' credit", p) == {"": members}
+    # Spending accounts: their balance is what was spent on them.
+    spent = {
+        (r["metric"].get("account", ""), r["metric"].get("machine", "") or r["metric"].get("source", "")): round(
+            float(r["value"][1]) * 1000
+        )
+        for r in vm_query(
+            lab.vm,
+            resolve(panel_expr("members", "Credits spent by account, in total"), p.until - p.since),
+            at=p.until,
+        )
+    }
+    expected = {}
+    for account, n in balances.items():
+        kind, _, name = account.partition(":")
+        if kind in ("machine-time", "energy", "commons"):
+            expected[(kind, name)] = n
+    assert spent == expected
+    assert {kind for kind, _ in spent} == {"machine-time", "energy", "commons"}
+    assert sum(spent.values()) == charges
