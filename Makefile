@@ -7,7 +7,7 @@ VENV_ESPHOME := .venv-esphome
 ESPHOME_VERSION := 2026.6.5
 VENV_GRAFANA := .venv-grafana
 
-.PHONY: demo test lint typecheck services bench clean dashboards
+.PHONY: demo demo-month test lint typecheck services bench clean dashboards
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ dashboards: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/commonwatt demo
+
+# Last month of the demo lab in about a minute: statements, community report, audit verify.
+demo-month: $(STAMP)
+	$(BIN)/commonwatt demo --month
 
 # The services the integration tests start themselves (Mosquitto, VictoriaMetrics),
 # installed from Debian's packages when missing.

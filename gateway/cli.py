@@ -299,8 +299,15 @@ def demo(
     api_port: Annotated[int, typer.Option(help="port of the demo's API (0: any free port)")] = 8080,
     seconds: Annotated[float, typer.Option(help="stop after this many seconds (0: run until Ctrl-C)")] = 0,
     folder: Annotated[Path | None, typer.Option(help="where the demo keeps its files (default: a temp folder)")] = None,
+    month: Annotated[bool, typer.Option("--month", help="a month in minutes, then statements and audit")] = False,
+    month_name: Annotated[str | None, typer.Argument(metavar="YYYY-MM", help="--month: which (default: last)")] = None,
+    days: Annotated[int | None, typer.Option(help="with --month: only its first days")] = None,
 ) -> None:
     """Run a simulated lab: embedded broker, simulated devices, the gateway, a live table."""
+    if month or month_name is not None:
+        from gateway.demo.month import run_month_command
+
+        raise typer.Exit(run_month_command(month_name, folder, days))
     from gateway.demo.run import run_demo
 
     _logging(False)

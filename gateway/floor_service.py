@@ -212,9 +212,12 @@ class FloorService:
         actuator: RelayActuator | None,
         publish: Publish | None,
         credit_ok: Callable[[str], bool] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.credit_ok = credit_ok
+        #: The time trainings granted at a machine are recorded with (a simulation's clock in the demo).
+        self.clock = clock
         self.path = Path(config.journal.path)
         self.actuator = actuator
         self.publish = publish
@@ -233,7 +236,7 @@ class FloorService:
 
     async def __aenter__(self) -> FloorService:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._open)
+        await loop.run_in_executor(self._executor, self.open)
         self._task = asyncio.create_task(self._run(), name="floor")
         return self
 
@@ -242,17 +245,18 @@ class FloorService:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close)
+        await loop.run_in_executor(self._executor, self.close)
         self._executor.shutdown()
 
     def notify(self) -> None:
         """New rows in the journal (called on the event loop)."""
         self._wake.set()
 
-    def _open(self) -> None:
+    def open(self) -> None:
+        """Open the journal and the people and restore the floor (`async with` does it on its thread)."""
         cfg = self.config
         self.journal = Journal(self.path)
-        people = People(self.path)
+        people = People(self.path, clock=self.clock)
         saved = self.journal.checkpoint(CONSUMER)
         if saved is None:
             floor = Floor(cfg.machines, cfg.access, timezone=cfg.site.timezone)
@@ -262,7 +266,7 @@ class FloorService:
             floor = Floor.from_json(json.loads(state), cfg.machines, cfg.access, cfg.site.timezone)
         self.core = FloorCore(cfg, people, floor, credit_ok=self.credit_ok)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.core is not None:
             self.core.people.close()
         if self.journal is not None:

@@ -240,10 +240,11 @@ class LedgerCore:
     _allowance_mark: tuple[str, int] | None = None
 
     @classmethod
-    def open(cls, config: Config) -> LedgerCore:
+    def open(cls, config: Config, *, clock: Callable[[], float] = time.time) -> LedgerCore:
+        """`clock`: the time transactions are recorded with (a simulation's clock in the demo)."""
         path = Path(config.journal.path)
-        ledger = Ledger(path, config.pricing)
-        core = cls(config, ledger, Journal(path), EnergyStore(path), People(path))
+        ledger = Ledger(path, config.pricing, clock=clock)
+        core = cls(config, ledger, Journal(path), EnergyStore(path), People(path, clock=clock))
         saved = core.journal.checkpoint(CONSUMER)
         if saved is None:  # a new ledger charges the sessions that end from now on
             core.position = core.journal.last_seq()
@@ -387,9 +388,10 @@ def balance_after(ledger: Ledger, account: str, tx_id: int) -> int:
 class LedgerService:
     """Runs the ledger on its own thread: `async with LedgerService(config, publish=...) as ledger:`."""
 
-    def __init__(self, config: Config, *, publish: Publish | None) -> None:
+    def __init__(self, config: Config, *, publish: Publish | None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.publish = publish
+        self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -408,7 +410,7 @@ class LedgerService:
 
     async def __aenter__(self) -> LedgerService:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._open)
+        await loop.run_in_executor(self._executor, self.open)
         self._task = asyncio.create_task(self._run(), name="ledger")
         return self
 
@@ -416,15 +418,16 @@ class LedgerService:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.close)
         self._executor.shutdown()
 
-    def _open(self) -> None:
-        self.core = LedgerCore.open(self.config)
+    def open(self) -> None:
+        """Open the ledger and restore the pending sessions (`async with` does it on its thread)."""
+        self.core = LedgerCore.open(self.config, clock=self.clock)
         self.position = self.core.position
         self._reader = Ledger(self.config.journal.path, self.config.pricing)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         for closable in (self.core, self._reader):
             if closable is not None:
                 closable.close()

@@ -281,7 +281,7 @@ def test_allowances_are_issued_once_a_month_to_active_members(tmp_path: Path) ->
 def test_credit_ok_follows_the_balance_and_the_limit(tmp_path: Path) -> None:
     cfg = config(tmp_path, sources=False)  # credit limit 1 credit
     service = LedgerService(cfg, publish=None)
-    service._open()
+    service.open()
     try:
         assert service.credit_ok("ada")  # 0 > -1000
         assert service.core is not None
@@ -293,7 +293,7 @@ def test_credit_ok_follows_the_balance_and_the_limit(tmp_path: Path) -> None:
         service.ledger.grant_contribution("ada", 10_000, "cleaning", "workshop tidy", by="olga")
         assert service.credit_ok("ada")
     finally:
-        service._close()
+        service.close()
 
 
 def test_a_site_that_prices_nothing_refuses_nobody(tmp_path: Path) -> None:
@@ -301,11 +301,11 @@ def test_a_site_that_prices_nothing_refuses_nobody(tmp_path: Path) -> None:
     assert not pricing_active(cfg.pricing)
     assert pricing_active(config(tmp_path).pricing)
     service = LedgerService(cfg, publish=None)
-    service._open()
+    service.open()
     try:
         assert service.credit_ok("nobody")
     finally:
-        service._close()
+        service.close()
 
 
 def test_formats() -> None:
@@ -331,7 +331,7 @@ def test_the_receipt_is_published_on_the_machines_topic(tmp_path: Path, mosquitt
         pub.publish(topic, payload, qos=qos, retain=retain)
 
     service = LedgerService(cfg, publish=publish)
-    service._open()
+    service.open()
     try:
         with Journal(cfg.journal.path) as journal:
             journal.append_rows([closed("s7", T0, T0 + 60)])
@@ -340,7 +340,7 @@ def test_the_receipt_is_published_on_the_machines_topic(tmp_path: Path, mosquitt
         while not got and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
-        service._close()
+        service.close()
         for client in (sub, pub):
             client.loop_stop()
             client.disconnect()

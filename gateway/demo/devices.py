@@ -279,7 +279,8 @@ class ShellyPro3EM(_ShellyGen2):
 
 
 class OpenDTU(SimulatedDevice):
-    """An OpenDTU with one two-input Hoymiles inverter. Retained plain-text values under `solar/`.
+    """An OpenDTU with one two-input Hoymiles inverter. Retained plain-text values under `solar/`,
+    with the inverter's own resolution: yieldtotal in kWh to 3 decimals, yieldday in whole Wh.
 
     At night the inverter stops answering: `status/reachable` 0, and its values are
     zeroed once (OpenDTU's "zero runtime data" option) and then no longer published.
@@ -314,8 +315,8 @@ class OpenDTU(SimulatedDevice):
             f"{s}/0/frequency": round(snap.frequency_hz, 2),
             f"{s}/0/powerdc": round(dc, 1),
             f"{s}/0/temperature": round(18.0 + 22.0 * snap.irradiance, 1),
-            f"{s}/0/yieldday": round(snap.pv_today_wh, 3),
-            f"{s}/0/yieldtotal": round(snap.pv_wh / 1000.0, 6),
+            f"{s}/0/yieldday": round(snap.pv_today_wh),
+            f"{s}/0/yieldtotal": round(snap.pv_wh / 1000.0, 3),
         }
         for n, power in inputs.items():
             values |= {
@@ -325,8 +326,8 @@ class OpenDTU(SimulatedDevice):
             }
         return values | {
             "ac/power": round(ac, 1),
-            "ac/yieldday": round(snap.pv_today_wh, 3),
-            "ac/yieldtotal": round(snap.pv_wh / 1000.0, 6),
+            "ac/yieldday": round(snap.pv_today_wh),
+            "ac/yieldtotal": round(snap.pv_wh / 1000.0, 3),
             "dc/power": round(dc, 1),
         }
 
@@ -336,10 +337,10 @@ class OpenDTU(SimulatedDevice):
         values: dict[str, object] = {f"{s}/{name}": 0 for name in zeros}
         snap = self.model.snapshot()  # the counters took the last sunlit step's energy
         counters = {
-            f"{s}/0/yieldday": round(snap.pv_today_wh, 3),
-            f"{s}/0/yieldtotal": round(snap.pv_wh / 1000.0, 6),
-            "ac/yieldday": round(snap.pv_today_wh, 3),
-            "ac/yieldtotal": round(snap.pv_wh / 1000.0, 6),
+            f"{s}/0/yieldday": round(snap.pv_today_wh),
+            f"{s}/0/yieldtotal": round(snap.pv_wh / 1000.0, 3),
+            "ac/yieldday": round(snap.pv_today_wh),
+            "ac/yieldtotal": round(snap.pv_wh / 1000.0, 3),
         }
         return values | counters | {"ac/power": 0, "dc/power": 0, f"{s}/status/producing": 0}
 
