@@ -11,6 +11,11 @@ to a private Mosquitto and reports, side by side in one run:
 
 Each figure is messages/s from the first publish until the last message is done.
 Run it with `make bench` (or `.venv/bin/python bench/ingest.py --messages 200000`).
+
+The publishers, the broker, VictoriaMetrics and the gateway share the machine's cores, so
+the rates move with whatever else runs. The CPU time each process spent during the
+gateway's run is printed too (µs per message, from /proc and the publishers' rusage):
+that is what the load does not distort.
 """
 
 from __future__ import annotations
@@ -63,7 +68,14 @@ def make_bursts(messages: int, devices: int, start: float) -> list[tuple[str, by
     return bursts
 
 
-def publish(broker: Mosquitto, bursts: list[tuple[str, bytes]]) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (Linux /proc), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def publish(broker: Mosquitto, bursts: list[tuple[str, bytes]]) -> float:
+    """Run one mosquitto_pub per burst; returns the CPU seconds they used together."""
     procs = []
     for topic, data in bursts:
         proc = subprocess.Popen(
@@ -75,8 +87,12 @@ def publish(broker: Mosquitto, bursts: list[tuple[str, bytes]]) -> None:
         assert proc.stdin is not None
         proc.stdin.write(data)
         proc.stdin.close()
+    cpu = 0.0
     for proc, _ in procs:
-        proc.wait()
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        cpu += usage.ru_utime + usage.ru_stime
+    return cpu
 
 
 def wait_until(done: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
@@ -173,11 +189,11 @@ def run_naive(broker: Mosquitto, vm: VictoriaMetrics, bursts: list[tuple[str, by
     return rate
 
 
-def gateway_config(folder: Path, broker: Mosquitto, vm: VictoriaMetrics, devices: int) -> Path:
+def gateway_config(folder: Path, broker: Mosquitto, vm: VictoriaMetrics, devices: int, version: str) -> Path:
     lines = [
         '[site]\nid = "bench"\n',
         f'[journal]\npath = "{folder / "journal.sqlite"}"\n',
-        f'[mqtt]\nport = {broker.port}\nclient_id = "bench-gateway"\n',
+        f'[mqtt]\nport = {broker.port}\nclient_id = "bench-gateway"\nversion = "{version}"\n',
         "[api]\nenabled = false\n",
         f'[tsdb]\nurl = "{vm.url}"\n',
     ]
@@ -190,17 +206,21 @@ def gateway_config(folder: Path, broker: Mosquitto, vm: VictoriaMetrics, devices
 
 
 def run_gateway(
-    folder: Path, broker: Mosquitto, vm: VictoriaMetrics, bursts: list[tuple[str, bytes]], n: int
+    folder: Path, broker: Mosquitto, vm: VictoriaMetrics, bursts: list[tuple[str, bytes]], n: int, version: str
 ) -> dict[str, float]:
-    config = gateway_config(folder, broker, vm, len(bursts))
+    config = gateway_config(folder, broker, vm, len(bursts), version)
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=ROOT)
     journal_path = folder / "journal.sqlite"
     assert wait_until(lambda: journal_path.exists(), 20), "the gateway did not start"
     time.sleep(1.0)  # connected and subscribed
     journal = Journal(journal_path, readonly=True)
     out: dict[str, float] = {}
+    others = {"broker (mosquitto)": broker.proc, "VictoriaMetrics": vm.proc}
+    before = {name: cpu_seconds(p.pid) for name, p in others.items() if p is not None}
+    gateway_before = cpu_seconds(proc.pid)
+    self_before = time.process_time()
     t0 = time.perf_counter()
-    publish(broker, bursts)
+    publishers_cpu = publish(broker, bursts)
 
     def progress() -> bool:
         stats = journal.stats()
@@ -210,7 +230,15 @@ def run_gateway(
         return stats.records >= n and cursor is not None and cursor.seq >= stats.last_seq
 
     ok = wait_until(progress, 300, step=0.01)
-    out["tsdb"] = n / (time.perf_counter() - t0) if ok else 0.0
+    wall = time.perf_counter() - t0
+    out["tsdb"] = n / wall if ok else 0.0
+    out["cpu gateway"] = cpu_seconds(proc.pid) - gateway_before
+    for name, p in others.items():
+        if p is not None:
+            out[f"cpu {name}"] = cpu_seconds(p.pid) - before[name]
+    out["cpu publishers (mosquitto_pub)"] = publishers_cpu
+    out["cpu this script (polling the journal)"] = time.process_time() - self_before
+    out["wall"] = wall
     proc.terminate()
     proc.wait(30)
     journal.close()
@@ -222,6 +250,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--gateway-only", action="store_true", help="skip the broker, paho and naive baselines")
+    parser.add_argument("--mqtt-version", choices=["3.1.1", "5"], default="3.1.1", help="the gateway's MQTT version")
     args = parser.parse_args()
     n = args.messages - args.messages % args.devices
     folder = Path(tempfile.mkdtemp(prefix="commonwatt-bench-"))
@@ -230,20 +260,29 @@ def main() -> None:
     try:
         size = len(make_bursts(args.devices, args.devices, T0)[0][1]) - 1
         print(f"{n:,} messages of {size} bytes from {args.devices} devices, {os.cpu_count()} cores")
-        results = {
-            "broker -> mosquitto_sub (C)": run_broker(broker, make_bursts(n, args.devices, T0), n),
-            "bare paho subscriber + json.loads": run_paho(broker, make_bursts(n, args.devices, T0), n, json.loads),
-            "naive: paho -> Point -> influxdb-client -> VM": run_naive(
+        results = {}
+        if not args.gateway_only:
+            results["broker -> mosquitto_sub (C)"] = run_broker(broker, make_bursts(n, args.devices, T0), n)
+            results["bare paho subscriber + json.loads"] = run_paho(
+                broker, make_bursts(n, args.devices, T0), n, json.loads
+            )
+            results["naive: paho -> Point -> influxdb-client -> VM"] = run_naive(
                 broker, vm, make_bursts(n, args.devices, T0 + 10_000), n
-            ),
-        }
-        gw = run_gateway(folder / "gateway", broker, vm, make_bursts(n, args.devices, T0 + 20_000), n)
+            )
+        bursts = make_bursts(n, args.devices, T0 + 20_000)
+        gw = run_gateway(folder / "gateway", broker, vm, bursts, n, args.mqtt_version)
         results["commonwatt: into the journal"] = gw["journal"]
         results["commonwatt: journal and VictoriaMetrics"] = gw["tsdb"]
         width = max(map(len, results))
         for name, rate in results.items():
             print(f"  {name:<{width}}  {rate:>10,.0f} messages/s")
         print(f"  samples in VictoriaMetrics: {gw['samples_in_vm']:,.0f} of {n:,} expected")
+        print(f"CPU time during the gateway's run ({gw['wall']:.1f} s, {os.cpu_count()} cores):")
+        cpu = {name[4:]: value for name, value in gw.items() if name.startswith("cpu ")}
+        width = max(map(len, cpu))
+        for name, seconds in cpu.items():
+            share = seconds / gw["wall"]
+            print(f"  {name:<{width}}  {seconds * 1e6 / n:>7.1f} µs/message  {share:>5.0%} of a core")
     finally:
         vm.stop()
         broker.stop()

@@ -212,3 +212,48 @@ def test_a_default_inflight_window_does_not_throttle_acknowledgement_after_commi
             assert elapsed < 8, f"MQTT {version}: {elapsed:.1f} s for 2000 messages"
     finally:
         broker.stop()
+
+
+def test_messages_without_rows_are_acknowledged_in_their_turn(tmp_path: Path) -> None:
+    """Rejected messages yield no rows and are acknowledged in order with the rest: none stays unacknowledged.
+
+    With Mosquitto's default window of 20, a message never acknowledged would stop the
+    flow after 20. A second gateway on the same persistent session then gets nothing
+    redelivered.
+    """
+    broker = Mosquitto(tmp_path / "mq")
+    broker.extra_conf = "max_inflight_messages 20\n"
+    broker.start()
+    try:
+        config = {
+            "site": {"id": "lab"},
+            "journal": {"path": str(tmp_path / "journal.sqlite"), "max_delay_ms": 200},
+            "mqtt": {"port": broker.port, "client_id": "gw-acks"},
+            "api": {"enabled": False},
+            "devices": DEVICES[:1],
+        }
+        with RunningGateway(config) as gw:
+            mqtt = gw.mqtt
+            assert mqtt is not None
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id="plug-acks")
+            client.max_inflight_messages_set(100)
+            client.connect("127.0.0.1", broker.port)
+            client.loop_start()
+            for k in range(600):  # every third one is not JSON; the others are `online` readings
+                if k % 3 == 0:
+                    client.publish(f"{PLUG}/events/rpc", "not json", qos=1)
+                else:
+                    client.publish(f"{PLUG}/online", "true", qos=1)
+            wait_for(lambda: mqtt.health.messages >= 600, 20)
+            wait_for(lambda: not mqtt._acks, 5)
+            assert mqtt._unacked == 0
+            assert mqtt.health.rejected["bad_json"] == 200
+            assert mqtt.health.records == 400
+            client.loop_stop()
+            client.disconnect()
+        with RunningGateway(config) as again:
+            assert again.mqtt is not None
+            time.sleep(1.0)
+            assert again.mqtt.health.messages == 0, "the broker redelivered messages the gateway had acknowledged"
+    finally:
+        broker.stop()
