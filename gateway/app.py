@@ -195,7 +195,7 @@ class Gateway:
     async def _start_audit(self) -> None:
         from gateway.audit.service import AuditService
 
-        self.audit = AuditService(self.config, self._publish)
+        self.audit = AuditService(self.config, self._publish, every_s=self.config.audit.checkpoint_every_s)
         await self._stack.enter_async_context(self.audit)
 
     async def _start_floor(self) -> None:

@@ -201,8 +201,11 @@ class EnergyConfig(_Strict):
     co2_g_per_kwh: float = Field(0.0, ge=0, le=5000)
     #: ... or a step series [[from unix seconds, g/kWh], ...] (the constant applies before its first step).
     co2_series: list[tuple[float, float]] = Field(default_factory=list)
-    #: The live service makes an interval final this long after its end (default: two intervals).
+    #: The live service makes an interval final this long after its end (default: two intervals) ...
     final_after_s: float | None = Field(None, ge=0, le=86_400)
+    #: ... once every meter has reported past its end, or at the latest this much later: a meter
+    #: that reports every few minutes (Tasmota's TelePeriod is 300 s) still counts in full.
+    meter_wait_s: float = Field(300.0, ge=0, le=86_400)
 
     @model_validator(mode="after")
     def _sorted(self) -> EnergyConfig:
@@ -221,6 +224,14 @@ class EnergyConfig(_Strict):
         return self.final_after_s if self.final_after_s is not None else 2.0 * self.interval_s
 
 
+class AuditSettings(_Strict):
+    """`[audit]` of commonwatt.toml: the ledger's signed checkpoints."""
+
+    #: A checkpoint is signed this often when the log grew (and at start): members can download
+    #: the proof of a transaction once a checkpoint covers it.
+    checkpoint_every_s: float = Field(900.0, ge=1, le=86_400)
+
+
 class Config(_Strict):
     site: Site
     journal: JournalSettings = Field(default_factory=JournalSettings)
@@ -233,6 +244,7 @@ class Config(_Strict):
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     homeassistant: HomeAssistantSettings | None = None
     pricing: PricingPolicy = Field(default_factory=PricingPolicy)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @model_validator(mode="after")
     def _unique(self) -> Config:

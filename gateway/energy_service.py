@@ -14,13 +14,13 @@ One engine (`EnergyEngine`) serves both:
   every commit, feeds the new rows, writes the intervals not yet final (`final = 0`,
   rewritten as readings arrive) and makes an interval final once its end plus
   `final_after_s` (two intervals by default) has passed and every meter has reported past
-  its end, or `max_gap_s` more has passed (`EnergyEngine.k_ready`). Its state (the next interval to
+  its end, or `meter_wait_s` (5 minutes) more has passed (`EnergyEngine.k_ready`). Its state (the next interval to
   make final, the battery pool, the sessions still open, where to re-read from) is saved
   with `Journal.append_with_checkpoint`; after a restart it re-reads from there.
 
-Replay is the reference. The live service gives the same numbers except where a reading
-reached the journal later than `max_gap_s` after the meter's previous one (a late delivery,
-not a slow meter: those are waited for); `commonwatt replay`
+Replay is the reference. The live service gives the same numbers except where a meter
+went more than `meter_wait_s` without a reading and then reported energy for that time (a
+meter that reports every few minutes is waited for); `commonwatt replay`
 (gateway stopped) rebuilds the tables from the journal and the live service goes on from
 the replay's end.
 
@@ -177,16 +177,16 @@ class EnergyEngine:
 
         An interval is final `grace_s` after its end once every meter has reported past it,
         so a meter that reports every few minutes (Tasmota's default TelePeriod is 5 min, a
-        Victron GX publishes on change) still has its delta placed in the intervals it spans;
-        and in any case once `max_gap_s` has passed: a meter silent that long is missing
-        there, whatever it says next. The same numbers a replay gives.
+        Victron GX publishing on change) still has its delta placed in the intervals it spans,
+        as a replay places it; and in any case `meter_wait_s` later, so that a meter asleep
+        (an inverter at night) or gone does not hold back the receipts.
         """
         k_now = int((now - grace_s) // self.step)
         reported = self.router.reported_until()
         if reported is None:
             return k_now
-        k_dead = int((now - self.cfg.max_gap_s - grace_s) // self.step)
-        return min(k_now, max(int(reported // self.step), k_dead))
+        k_waited = int((now - self.cfg.meter_wait_s - grace_s) // self.step)
+        return min(k_now, max(int(reported // self.step), k_waited))
 
     def state(self) -> EngineState:
         live = tuple(sorted(self.sessions.values(), key=lambda s: (s.start, s.session_id)))

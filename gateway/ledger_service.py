@@ -22,9 +22,9 @@ A journal consumer like the machine floor, with a cursor of its own (consumer `l
 Waiting for the energy. A session's energy is the member's attributed share of the
 energy tables (sun, battery, grid), which the energy service makes final `energy.grace_s`
 after each interval ends once every meter has reported past it (at the latest
-`energy.max_gap_s` later). The service charges a session when the interval holding its
+`energy.meter_wait_s` later). The service charges a session when the interval holding its
 end is final, or, if that never comes (the energy service is behind or stopped), when
-the session ended more than one interval plus the grace plus `max_gap_s` plus a minute
+the session ended more than one interval plus the grace plus `meter_wait_s` plus a minute
 ago, with what the tables hold then. A site without source meters (no `pv`, `battery` or `grid`
 device), or a machine whose meter is not a counter the energy service reads, has no
 source mix to wait for: its sessions are charged at once from the meter's energy
@@ -273,7 +273,7 @@ class LedgerCore:
         if not self.attributed(session.machine_id):
             return True
         cfg = self.config.energy
-        if now >= session.end + cfg.interval_s + cfg.grace_s + cfg.max_gap_s + WAIT_MARGIN_S:
+        if now >= session.end + cfg.interval_s + cfg.grace_s + cfg.meter_wait_s + WAIT_MARGIN_S:
             return True
         last = (math.ceil(session.end / cfg.interval_s) - 1) * cfg.interval_s
         rows = self.energy.intervals(last, last + 1)

@@ -203,8 +203,8 @@ def test_a_pending_session_survives_a_restart(tmp_path: Path) -> None:
     core.close()
     core = LedgerCore.open(cfg)
     assert list(core.pending) == ["s1"]
-    # An interval, the grace (0), max_gap_s and the margin after its end: charged anyway.
-    [r] = core.step(T0 + 1200 + 60 + 0 + 900 + 61)
+    # An interval, the grace (0), meter_wait_s and the margin after its end: charged anyway.
+    [r] = core.step(T0 + 1200 + 60 + 0 + 300 + 61)
     assert r.document["session_id"] == "s1"
     core.close()
 

@@ -78,6 +78,8 @@ from gateway.demo.scenario import (
     CONTRACT_VERSION,
     DEMO_MACHINES,
     DEMO_PEOPLE,
+    ENERGY_TOML,
+    PRICING_TOML,
     SEEDED_BY,
     VISITOR_CARD,
     machines_toml,
@@ -121,42 +123,10 @@ LOOK_S = 3.0
 TIMER_SPEED = 1 / 15
 #: How the gateway addresses the plugs (the MQTT client id of its RPC replies).
 CLIENT_ID = "commonwatt-demo"
-#: What the month charges and gives: prices in credits, as `[pricing]` in commonwatt.toml.
-PRICING_TOML = """\
-[pricing]
-minimum_charge = "0.1"
-credit_limit = "40"
-contribution_approval_above = "100"
-
-[pricing.default_rate]
-busy_per_hour = "0.4"
-idle_per_hour = "0.1"
-
-[pricing.machines.laser]
-busy_per_hour = "1.5"
-idle_per_hour = "0.25"
-
-[pricing.machines.cnc]
-busy_per_hour = "1"
-idle_per_hour = "0.25"
-
-[pricing.energy]
-sun = "0.05"
-battery = "0.1"
-grid = "0.25"
-
-[pricing.allowance]
-amount = "40"
-day = 1
-"""
 
 
 class MonthError(Exception):
     """The month cannot be simulated as asked: a bad month, day count or folder."""
-
-
-#: The grid's carbon intensity for the month's receipts and statements (g CO₂ per kWh).
-ENERGY_TOML = "[energy]\nco2_g_per_kwh = 150\n"
 
 
 def month_config_text() -> str:
@@ -369,7 +339,7 @@ class MonthLab:
         self.floor.open()
         self.energy = EnergyService(cfg)
         self.energy.open()
-        self.audit = AuditService(cfg, None, clock=clock)
+        self.audit = AuditService(cfg, None, clock=clock, every_s=cfg.audit.checkpoint_every_s)
 
     def close(self) -> None:
         self.floor.close()

@@ -25,7 +25,7 @@ from rich.text import Text
 from gateway.app import Gateway, stop_on_signals
 from gateway.config import Config, load_config
 from gateway.demo import GATEWAY_DEVICES, DemoSite, DemoTiming, EmbeddedBroker, SiteSettings
-from gateway.demo.scenario import BadgeNodes, Scenario, machines_toml, seed_people
+from gateway.demo.scenario import ENERGY_TOML, PRICING_TOML, BadgeNodes, Scenario, machines_toml, seed_people
 from gateway.demo.serial_devices import SerialDemo, from_snapshot
 from gateway.energy_report import today_line
 from gateway.people import People
@@ -51,6 +51,11 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+#: The live demo signs a checkpoint every minute, so the member page has proofs to download
+#: soon after the first receipts (a lab's default is 15 minutes).
+LIVE_AUDIT_TOML = "[audit]\ncheckpoint_every_s = 60\n"
 
 
 def demo_config_text(broker_port: int, api_port: int) -> str:
@@ -143,7 +148,8 @@ async def run_demo(*, api_port: int = 8080, seconds: float = 0, folder: Path | N
         BadgeNodes(broker.host, broker.port) as nodes,
     ):
         path = folder / "commonwatt.toml"
-        path.write_text(demo_config_text(broker.port, api_port) + "\n" + serial.devices_toml() + "\n" + machines_toml())
+        parts = (demo_config_text(broker.port, api_port), serial.devices_toml(), machines_toml(), ENERGY_TOML)
+        path.write_text("\n".join((*parts, PRICING_TOML, LIVE_AUDIT_TOML)))
         config = load_config(path)
         with People(config.journal.path) as people:
             seed_people(people)

@@ -147,6 +147,41 @@ DEMO_TIMERS: dict[str, float] = {
 }
 
 
+#: What the demo lab charges and gives (the live demo and `demo --month`): prices in credits, as
+#: `[pricing]` in commonwatt.toml. Sun is cheapest, then the battery, then the grid.
+PRICING_TOML = """\
+[pricing]
+minimum_charge = "0.1"
+credit_limit = "40"
+contribution_approval_above = "100"
+
+[pricing.default_rate]
+busy_per_hour = "0.4"
+idle_per_hour = "0.1"
+
+[pricing.machines.laser]
+busy_per_hour = "1.5"
+idle_per_hour = "0.25"
+
+[pricing.machines.cnc]
+busy_per_hour = "1"
+idle_per_hour = "0.25"
+
+[pricing.energy]
+sun = "0.05"
+battery = "0.1"
+grid = "0.25"
+
+[pricing.allowance]
+amount = "40"
+day = 1
+"""
+
+
+#: The grid's carbon intensity for the demo's receipts and statements (g CO₂ per kWh).
+ENERGY_TOML = "[energy]\nco2_g_per_kwh = 150\n"
+
+
 def machines_toml(speed: float = 1.0) -> str:
     """`[[devices]]` for the badge nodes and `[[machines]]` for the demo's three machines.
 

@@ -26,12 +26,12 @@ from gateway.decoders.victron_venus.fields import SERVICES, Field
 from gateway.model import Reading, Record
 
 SUPPRESS_REPUBLISH = b'{ "keepalive-options" : ["suppress-republish"] }'
-#: Every this many keep-alives of a device (about 5 minutes at the source's 30 s), one asks for a
+#: Every this many keep-alives of a device (about 4 minutes at the source's 30 s), one asks for a
 #: full republish anyway. Venus publishes a value only when it changes: a battery's energy
 #: counter stays silent for hours while the battery rests, and the energy balance would count
 #: that silence as missing data (a gap is longer than `energy.max_gap_s`, 15 minutes by default).
 #: Republished, the unchanged counter proves that no energy flowed.
-FULL_EVERY = 10
+FULL_EVERY = 8
 
 
 def keepalive_topic(portal: str) -> str:
