@@ -3,11 +3,19 @@
 Read from the energy interval tables. Members appear under their pseudonym (the one the
 TSDB uses) unless the operator asks for names. The chart uses matplotlib (Agg backend, no
 display needed): the flows per hour over the period, and each consumer's energy by source.
+
+Quality: the period's word is the worst flag of any of its intervals (one interval without
+a meter makes a month `missing`), so the report also counts the intervals by quality: each
+interval once, under its own worst flag (`ok`, `estimated`, `integrated`, `missing`), as a
+number and a percentage of the period's intervals in the tables ("0.3 % missing"). The
+counts add up to the intervals. The community report (`gateway.statements`) and
+/api/v1/energy/balance give the same counts.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +32,39 @@ LABELS = {
     "export": "grid export", "consumption": "consumption",
 }  # fmt: skip
 COLOURS = {"sun": "#f2b701", "battery_sun": "#7fb800", "battery_grid": "#3969ac", "grid": "#80807f"}
+#: An interval's quality, from best to worst: the name of its worst flag (`worst`).
+QUALITIES = ("ok", "estimated", "integrated", "missing")
+
+
+def quality_counts(flags: Iterable[int]) -> dict[str, int]:
+    """Intervals by quality, in `QUALITIES` order: each under its worst flag, so they add up to the intervals."""
+    out = dict.fromkeys(QUALITIES, 0)
+    for f in flags:
+        out[worst(f)] += 1
+    return out
+
+
+def share_text(n: int, total: int) -> str | None:
+    """`n` of `total` as a percentage with one decimal ("2.5"); None when `total` is 0.
+
+    Never rounded to 0 or 100 when it is not: one interval missing in a month of minutes is
+    "<0.1", not "0.0".
+    """
+    if total <= 0:
+        return None
+    text = f"{100 * n / total:.1f}"
+    if n and text == "0.0":
+        return "<0.1"
+    if n < total and text == "100.0":
+        return ">99.9"
+    return text
+
+
+def quality_summary(counts: Mapping[str, int]) -> str:
+    """The qualities present, best first, as shares ("99.9 % ok, 0.1 % missing"); "no intervals" if none."""
+    total = sum(counts.values())
+    shares = [f"{share_text(n, total)} % {q}" for q, n in counts.items() if n]
+    return ", ".join(shares) if shares else "no intervals"
 
 
 @dataclass
@@ -37,6 +78,8 @@ class PeriodBalance:
     residual: int | None = None
     co2_mg: int = 0
     flags: int = 0
+    #: Intervals by quality (see `quality_counts`).
+    quality_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(QUALITIES, 0))
     convention: str = ""
 
     def add(self, r: sqlite3.Row) -> None:
@@ -51,7 +94,13 @@ class PeriodBalance:
             self.residual = (self.residual or 0) + int(r["residual"])
         self.co2_mg += int(r["co2_mg"])
         self.flags |= int(r["flags"])
+        self.quality_counts[worst(int(r["flags"]))] += 1
         self.convention = str(r["convention"])
+
+    @property
+    def quality(self) -> str:
+        """The worst quality of any interval."""
+        return worst(self.flags)
 
     @property
     def self_consumption(self) -> float | None:
@@ -88,7 +137,7 @@ def consumer_name(kind: str, machine: str, member: str, secret: bytes, names: bo
 
 
 def balance_table(p: PeriodBalance) -> Table:
-    table = Table("", "kWh", title=f"{p.intervals} intervals, convention {p.convention}, quality {worst(p.flags)}")
+    table = Table("", "kWh", title=f"{p.intervals} intervals, convention {p.convention}, quality {p.quality}")
     for k in TERMS:
         table.add_row(LABELS[k], kwh(p.terms[k]))
     for k in FLOW_NAMES:
@@ -99,6 +148,14 @@ def balance_table(p: PeriodBalance) -> Table:
     table.add_row("self-consumption", pct(p.self_consumption))
     table.add_row("self-sufficiency", pct(p.self_sufficiency))
     table.add_row("CO₂ of grid import (kg)", f"{p.co2_mg / 1_000_000:,.3f}")
+    return table
+
+
+def quality_table(p: PeriodBalance) -> Table:
+    """The period's intervals by quality: how many, and what share of the period."""
+    table = Table("quality", "intervals", "%", title="intervals by quality")
+    for q, n in p.quality_counts.items():
+        table.add_row(q, str(n), share_text(n, p.intervals) or "—")
     return table
 
 
@@ -117,6 +174,7 @@ def print_report(console: Console, path: Path, since: float, until: float, *, na
         secret = store.secret()
     p = period_balance(rows)
     console.print(balance_table(p))
+    console.print(quality_table(p))
     console.print(consumers_table(totals, secret, names))
     return p
 
@@ -166,5 +224,5 @@ def today_line(path: Path, now: float) -> str:
     return (
         f"energy today: consumption {kwh(t['consumption'])} kWh, PV {kwh(t['pv'])}, "
         f"battery +{kwh(t['charge'])}/−{kwh(t['discharge'])}, grid +{kwh(t['import'])}/−{kwh(t['export'])}, "
-        f"self-sufficiency {pct(p.self_sufficiency)} ({worst(p.flags)})"
+        f"self-sufficiency {pct(p.self_sufficiency)} (intervals {quality_summary(p.quality_counts)})"
     )

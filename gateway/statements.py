@@ -24,10 +24,16 @@ source, residual between the site meter and the derived consumption, CO2), what 
 machines with nobody badged in and to the site's base load, credits issued (allowances,
 contributions) and spent (by machine, by energy source, the commons), and every member's
 opening and closing balance, under the member's pseudonym unless an operator asks for names.
+The energy's quality: `quality`, the worst flag of any interval of the month, and how many
+intervals have each quality (`quality_counts`, each interval under its worst flag: `ok`,
+`estimated`, `integrated`, `missing`; they add up to `intervals`), with their share of the
+month's intervals as text (`quality_percent`: "0.3", "<0.1"; null without intervals).
 
 CSV layout (both documents): a header row and one row per session (member statement) or
 per member (community report), an empty line, then a totals block of `item,value,text`
-rows: `value` is the integer (mcr, mWh, mg), `text` the same figure as credits, kWh or g.
+rows: `value` is the integer (mcr, mWh, mg), `text` the same figure as credits, kWh or g;
+the community report's block starts with `intervals` (text: the worst quality) and
+`quality.<flag>_intervals` (text: the share, "0.3 %").
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from zoneinfo import ZoneInfo
 from gateway.audit import AuditError
 from gateway.audit.log import AuditLog, key_path_of
 from gateway.config import Config
-from gateway.energy_report import COLOURS, period_balance
+from gateway.energy_report import COLOURS, period_balance, quality_summary, share_text
 from gateway.energy_report import SOURCES as ENERGY_SOURCES
 from gateway.energy_store import EnergyStore, pseudonym
 from gateway.journal import Journal
@@ -412,6 +418,9 @@ def energy_month(store: EnergyStore, month: Month, label: Callable[[str], str]) 
 
     return {
         "intervals": p.intervals,
+        "quality": p.quality,
+        "quality_counts": dict(p.quality_counts),
+        "quality_percent": {q: share_text(n, p.intervals) for q, n in p.quality_counts.items()},
         "convention": p.convention,
         "terms": energy(p.terms),
         "flows": energy(p.flows),
@@ -521,7 +530,10 @@ def community_csv(doc: Mapping[str, Any]) -> str:
 def community_items(doc: Mapping[str, Any]) -> list[tuple[str, int | None, str]]:
     """The report's figures as (item, integer, text) rows: what the CSV totals block and the HTML show."""
     e, c = doc["energy"], doc["credits"]
-    items: list[tuple[str, int | None, str]] = []
+    items: list[tuple[str, int | None, str]] = [("intervals", e["intervals"], f"quality {e['quality']}")]
+    for q, n in e["quality_counts"].items():
+        share = e["quality_percent"][q]
+        items.append((f"quality.{q}_intervals", n, "" if share is None else f"{share} %"))
     for group in ("terms", "flows", "load_by_source"):
         items += [(f"{group}.{k}_mwh", v, e[group]["kwh"][k]) for k, v in e[group]["mwh"].items()]
     items.append(("residual_mwh", e["residual_mwh"], e["residual_kwh"] or ""))
@@ -680,7 +692,8 @@ def community_html(doc: Mapping[str, Any]) -> str:
     )
     body = (
         f"<p>Site {html.escape(doc['site'])}, from {doc['from']} to {doc['to']}; "
-        f"{e['intervals']} energy intervals.</p><h2>Figures</h2>{figures}"
+        f"{e['intervals']} energy intervals ({html.escape(quality_summary(e['quality_counts']))}).</p>"
+        f"<h2>Figures</h2>{figures}"
         f"<h2>Consumers</h2>{consumers}<h2>Balances</h2>{balances}"
     )
     return _page(f"Community report {doc['month']}", body)

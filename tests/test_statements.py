@@ -290,6 +290,40 @@ def test_the_community_report_adds_up_and_hides_names(site: tuple[Config, Path])
     assert sum(b["closing"]["mcr"] for b in doc["balances"]) == doc["balances_total"]["closing"]["mcr"]
 
 
+def test_the_community_report_counts_the_months_intervals_by_quality(site: tuple[Config, Path]) -> None:
+    may = month_of("2024-05", "Pacific/Auckland")
+    with sqlite3.connect(site[1]) as conn:
+        flags = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT flags FROM energy_intervals WHERE start >= ? AND start < ?", (may.since, may.until)
+            )
+        ]
+    # Each interval under its worst flag: missing (4) > integrated (2) > estimated (1) > ok.
+    expected = {q: 0 for q in ("ok", "estimated", "integrated", "missing")}
+    for f in flags:
+        expected["missing" if f & 4 else "integrated" if f & 2 else "estimated" if f & 1 else "ok"] += 1
+    doc = community_report(site[0], "2024-05")
+    e = doc["energy"]
+    # The recorded day starts on 31 May: its first interval has no reading before it.
+    assert expected == {"ok": len(flags) - 1, "estimated": 0, "integrated": 0, "missing": 1}
+    assert e["quality_counts"] == expected and e["intervals"] == len(flags) == 720
+    assert e["quality"] == "missing"  # the one word the month had so far, kept
+    assert e["quality_percent"] == {"ok": "99.9", "estimated": "0.0", "integrated": "0.0", "missing": "0.1"}
+    assert {"intervals", "convention", "terms", "flows", "load_by_source", "residual_mwh", "co2_mg"} <= set(e)
+    june = community_report(site[0], "2024-06")["energy"]
+    assert june["quality"] == "ok" and june["quality_counts"]["ok"] == june["intervals"] > 0
+    assert june["quality_percent"]["ok"] == "100.0"
+
+    block = {r["item"]: r for r in csv.DictReader(io.StringIO(render(doc, "csv").split("\n\n")[1]))}
+    assert block["intervals"] == {"item": "intervals", "value": "720", "text": "quality missing"}
+    assert block["quality.missing_intervals"] == {"item": "quality.missing_intervals", "value": "1", "text": "0.1 %"}
+    assert block["quality.ok_intervals"]["value"] == "719" and block["quality.ok_intervals"]["text"] == "99.9 %"
+    page = render(doc, "html")
+    assert "720 energy intervals (99.9 % ok, 0.1 % missing)" in page
+    assert "<td>quality.missing_intervals</td><td class=n>1</td><td class=n>0.1 %</td>" in page
+
+
 def test_names_only_when_asked(site: tuple[Config, Path]) -> None:
     doc = community_report(site[0], "2024-06", names=True)
     assert {b["member"] for b in doc["balances"]} == {f"{n} ({m})" for m, n in MEMBERS.items()}

@@ -49,6 +49,13 @@ so two transactions never share a point, whatever series they write to. `ms(n)` 
 `n + max(ts_ms(k) - k for k <= n)`: the writer computes it from the ledger after a restart
 and carries it in memory from batch to batch.
 
+A transaction the writer cannot read (its stored canonical bytes are not a transaction, or
+name another id: the database was changed by hand; or its row is gone) is skipped, never
+stops the writer: counted in the health's `rejected` under `unreadable_transaction` (or
+`missing_transaction`), with one warning naming it. Saying what was changed is the work of
+`commonwatt audit verify`. The transactions after it are written as usual, with the same
+balances and milliseconds as if it had been read (see `Unreadable`).
+
     async with LedgerTsdbWriter(journal_path=cfg.journal.path, site=cfg.site.id, url=cfg.tsdb.url) as writer:
         journal_writer.add_listener(lambda seq: writer.notify())
 """
@@ -68,7 +75,7 @@ from influxdb_client.client.write_api import WriteApi
 
 from gateway.energy_store import EnergyStore, pseudonym
 from gateway.journal import Journal
-from gateway.ledger.model import Kind, Transaction, account_kind
+from gateway.ledger.model import Kind, LedgerError, Posting, Transaction, account_kind
 from gateway.ledger.schema import EVENT_METRIC
 from gateway.sinks.lineprotocol import Formatted, escape_key, escape_measurement
 from gateway.sinks.tsdb import TsdbSink
@@ -120,6 +127,28 @@ def _value(mcr: int) -> str:
     return repr(float(mcr))
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A transaction the writer skips: no line of its own, yet the ones after it stay right.
+
+    `ts_ms` is the row's `ts_ms` column (None when the row is missing) and `postings` are its
+    rows in `ledger_postings`: the two copies the ledger keeps for queries, and what
+    `LedgerReader.peak_before` and `LedgerReader.balances_before` read after a restart. Moving
+    the carried state by the same copies gives the transactions after a skipped one the
+    milliseconds and balances a restart would give them, so a replay still changes no sum;
+    leaving the skipped postings out would shift every later balance of its members instead.
+    (`ledger_accounts` keeps only the balance of now, not the one after each transaction.)
+    """
+
+    id: int
+    ts_ms: int | None
+    postings: tuple[Posting, ...]
+    #: The health's reason: `unreadable_transaction` or `missing_transaction`.
+    reason: str
+    #: What was wrong, for the warning.
+    error: str
+
+
 @dataclass
 class LineState:
     """What the lines of the next transaction depend on, besides the transaction itself.
@@ -133,14 +162,23 @@ class LineState:
     balances: dict[str, int]
 
 
-def ledger_lines(site: str, secret: bytes, txs: Iterable[Transaction], state: LineState) -> Formatted:
+def ledger_lines(site: str, secret: bytes, txs: Iterable[Transaction | Unreadable], state: LineState) -> Formatted:
     """Line protocol of consecutive transactions (pure; `state` moves past them).
 
-    Members are written under their pseudonyms (`pseudonym(secret, member id)`).
+    Members are written under their pseudonyms (`pseudonym(secret, member id)`). An
+    `Unreadable` one writes nothing but moves `state` as a restart would see it.
     """
     out = Formatted()
     names: dict[str, str] = {}
     for tx in txs:
+        if isinstance(tx, Unreadable):
+            if tx.ts_ms is not None:
+                offset = tx.ts_ms - tx.id
+                state.peak = offset if state.peak is None else max(state.peak, offset)
+            for p in tx.postings:
+                if p.account.startswith(MEMBER_PREFIX):
+                    state.balances[p.account] = state.balances.get(p.account, 0) + p.amount
+            continue
         offset = tx.ts_ms - tx.id
         state.peak = offset if state.peak is None else max(state.peak, offset)
         ms = tx.id + state.peak
@@ -177,15 +215,45 @@ class LedgerReader:
     def close(self) -> None:
         self.conn.close()
 
-    def transactions(self, first: int, last: int) -> list[Transaction]:
-        """Transactions `first`..`last`, in order, from their canonical bytes (checked: none missing)."""
+    def transactions(self, first: int, last: int) -> list[Transaction | Unreadable]:
+        """Transactions `first`..`last`, in order, from their canonical bytes; `Unreadable` for
+        those whose bytes are not the transaction of their row, or whose row is missing."""
         rows = self.conn.execute(
-            "SELECT canonical FROM ledger_transactions WHERE id BETWEEN ? AND ? ORDER BY id", (first, last)
+            "SELECT id, ts_ms, canonical FROM ledger_transactions WHERE id BETWEEN ? AND ? ORDER BY id",
+            (first, last),
         ).fetchall()
-        txs = [Transaction.from_canonical(bytes(r[0])) for r in rows]
-        if [t.id for t in txs] != list(range(first, last + 1)):
-            raise RuntimeError(f"ledger transactions {first}..{last} named by the journal are not all in the ledger")
-        return txs
+        found: dict[int, tuple[int, bytes]] = {int(r[0]): (int(r[1]), bytes(r[2])) for r in rows}
+        out: list[Transaction | Unreadable] = []
+        bad: list[tuple[int, int | None, str, str]] = []
+        for tx_id in range(first, last + 1):
+            if tx_id not in found:
+                bad.append((tx_id, None, "missing_transaction", "not in the ledger"))
+                continue
+            ts_ms, canonical = found[tx_id]
+            try:
+                tx = Transaction.from_canonical(canonical)
+            except LedgerError as exc:
+                bad.append((tx_id, ts_ms, "unreadable_transaction", str(exc)))
+                continue
+            if tx.id != tx_id:
+                bad.append((tx_id, ts_ms, "unreadable_transaction", f"its bytes are transaction {tx.id}"))
+                continue
+            out.append(tx)
+        if not bad:
+            return out
+        postings = self.postings([b[0] for b in bad])
+        skipped = [Unreadable(i, ts, postings.get(i, ()), reason, error) for i, ts, reason, error in bad]
+        return sorted([*out, *skipped], key=lambda t: t.id)
+
+    def postings(self, tx_ids: Sequence[int]) -> dict[int, tuple[Posting, ...]]:
+        """The rows of `ledger_postings` of these transactions, in their order."""
+        out: dict[int, tuple[Posting, ...]] = {}
+        for tx_id in tx_ids:
+            rows = self.conn.execute(
+                "SELECT account, amount FROM ledger_postings WHERE tx_id = ? ORDER BY n", (tx_id,)
+            ).fetchall()
+            out[tx_id] = tuple(Posting(str(account), int(amount)) for account, amount in rows)
+        return out
 
     def peak_before(self, tx_id: int) -> int | None:
         """max(ts_ms - id) over the transactions before `tx_id`; None before the first."""
@@ -237,6 +305,9 @@ class LedgerTsdbWriter(TsdbSink):
         self._next_id = 0
         #: When the journal's cursor was last stored (`health.cursor` may be ahead of it, see `_skip`).
         self._stored_at = time.monotonic()
+        #: Transactions skipped as unreadable, counted and warned about once each (a batch read
+        #: again after a busy journal, or a cursor set back, meets them again).
+        self._unreadable: set[int] = set()
 
     def _step(self, journal: Journal, api: WriteApi) -> None:
         self._wake.clear()
@@ -268,6 +339,16 @@ class LedgerTsdbWriter(TsdbSink):
         reader = self._reader
         assert reader is not None and self._secret is not None
         txs = reader.transactions(first, last)
+        for tx in txs:
+            if isinstance(tx, Unreadable) and tx.id not in self._unreadable:
+                self._unreadable.add(tx.id)
+                self.health.rejected[tx.reason] += 1
+                log.warning(
+                    "ledger transaction %d skipped, not written to the TSDB: %s"
+                    " (`commonwatt audit verify` says what changed)",
+                    tx.id,
+                    tx.error,
+                )
         if self._state is None or self._next_id != first:
             # After a start (or a cursor set back by hand): the state before `first`, from the ledger.
             self._state = LineState(reader.peak_before(first), {})

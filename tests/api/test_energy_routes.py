@@ -44,8 +44,18 @@ def test_hourly_balance_sums_the_intervals_and_closes(energy_lab: Lab) -> None:
         assert sum(r["mix_mwh"].values()) == r["consumption_mwh"]
         assert r["convention"] == "proportional"
     assert rows[10]["self_consumption"] is not None and 0 <= rows[10]["self_consumption"] <= 1
+    # The day's first interval has no reading before it: its hour is `missing`, and says how much.
+    assert rows[0]["quality"] == "missing"
+    assert rows[0]["quality_counts"] == {"ok": 59, "estimated": 0, "integrated": 0, "missing": 1}
+    assert rows[0]["quality_percent"] == {"ok": 98.33, "estimated": 0.0, "integrated": 0.0, "missing": 1.67}
+    for r in rows[1:]:
+        assert r["quality"] == "ok" and r["quality_percent"]["ok"] == 100.0
+    for r in rows:
+        assert sum(r["quality_counts"].values()) == r["intervals"]
     per_minute = energy_lab.get("/api/v1/energy/balance", "ada", params={**DAY}).json()
     assert sum(r["consumption_mwh"] for r in per_minute) == sum(r["consumption_mwh"] for r in rows)
+    assert [r["quality"] for r in per_minute].count("missing") == 1
+    assert all(r["quality_counts"][r["quality"]] == r["intervals"] == 1 for r in per_minute)
 
 
 @pytest.mark.parametrize(

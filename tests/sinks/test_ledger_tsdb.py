@@ -11,6 +11,8 @@ ledger's own postings and balances, to the milli-credit.
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -367,3 +369,123 @@ def test_a_writer_with_nothing_to_write_keeps_up_with_the_journal(
     with writer(path, victoria) as w:
         assert w.wait_delivered(last, 10)
         assert w.health.points_written == 0
+
+
+def written_points(txs: list[Transaction], skipped: set[int], secret: bytes) -> dict[tuple[str, int], int]:
+    """(member pseudonym, ms) -> `balance_mcr`, for every member posting of the transactions not skipped.
+
+    Milliseconds and balances count every transaction of the ledger, skipped or not: they are
+    what a writer that could read them all would have written.
+    """
+    out: dict[tuple[str, int], int] = {}
+    peak: int | None = None
+    balances: dict[str, int] = defaultdict(int)
+    for tx in txs:
+        peak = tx.ts_ms - tx.id if peak is None else max(peak, tx.ts_ms - tx.id)
+        for p in tx.postings:
+            if p.account.startswith("member:"):
+                balances[p.account] += p.amount
+                if tx.id not in skipped:
+                    out[(pseudonym(secret, p.account.removeprefix("member:")), tx.id + peak)] = balances[p.account]
+    return out
+
+
+def sums_of(txs: list[Transaction], secret: bytes) -> dict[tuple[str, str], int]:
+    """The keys of `expected`, summed from the postings of these transactions only."""
+    member_field = {"charge": -1, "allowance_expiry": -1}
+    names = {
+        "charge": "charged_mcr",
+        "allowance": "allowance_mcr",
+        "allowance_expiry": "allowance_expired_mcr",
+        "contribution": "contribution_mcr",
+        "reversal": "reversal_mcr",
+        "adjustment": "adjustment_mcr",
+    }
+    sums: dict[tuple[str, str], int] = defaultdict(int)
+    for tx in txs:
+        for p in tx.postings:
+            prefix, _, rest = p.account.partition(":")
+            if prefix == "member":
+                key = (f"commonwatt_ledger_{names[tx.kind]}", f"member={pseudonym(secret, rest)}")
+                sums[key] += member_field.get(tx.kind, 1) * p.amount
+            elif prefix == "machine-time":
+                sums[("commonwatt_ledger_spent_mcr", f"machine={rest}")] += p.amount
+            elif prefix == "energy":
+                sums[("commonwatt_ledger_spent_mcr", f"source={rest}")] += p.amount
+            elif p.account == "commons":
+                sums[("commonwatt_ledger_spent_mcr", "account=commons")] += p.amount
+            elif p.account == "adjustments":
+                sums[("commonwatt_ledger_adjusted_mcr", "account=adjustments")] -= p.amount
+            else:
+                sums[("commonwatt_ledger_issued_mcr", f"account={p.account}")] -= p.amount
+    return sums
+
+
+def test_a_transaction_changed_by_hand_is_counted_and_skipped_and_the_others_arrive(
+    victoria: VictoriaMetrics, path: Path, ledger: tuple[Ledger, Clock], caplog: pytest.LogCaptureFixture
+) -> None:
+    store, clock = ledger
+    with EnergyStore(path) as energy:
+        secret = energy.secret()
+    first_part(store, clock, path)
+    second_part(store, clock)
+    before = all_transactions(store)
+    by_key = {tx.key: tx for tx in before}
+    bad_charge = by_key["charge:s3"]  # chloe, who has transactions after it in the same batch and later
+    bad_expiry = by_key["allowance_expiry:ada:2025-01"]  # the first of its second: it moves the later milliseconds
+    # Chloe's again. With its row gone its time is unknown to any writer; the next transaction
+    # is a second later, so the milliseconds after it are the same as with its row.
+    gone = by_key["contribution:1"]
+    assert bad_expiry.ts_ms - bad_expiry.id > max(tx.ts_ms - tx.id for tx in before if tx.id < bad_expiry.id)
+    # What a forger with file access can do (as in tests/audit): bytes that are no transaction,
+    # the bytes of another transaction, a transaction's row deleted (its postings left).
+    conn = sqlite3.connect(path, isolation_level=None)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute(
+        "UPDATE ledger_transactions SET canonical = ? WHERE id = ?",
+        (bad_charge.canonical().replace(b'"charge:s3"', b'"charge:s3\xff"'), bad_charge.id),
+    )
+    conn.execute(
+        "UPDATE ledger_transactions SET canonical = ? WHERE id = ?",
+        (by_key["contribution:2"].canonical(), bad_expiry.id),
+    )
+    conn.execute("DELETE FROM ledger_transactions WHERE id = ?", (gone.id,))
+    conn.close()
+    skipped = {bad_charge.id, bad_expiry.id, gone.id}
+
+    caplog.set_level(logging.WARNING, logger="gateway.sinks.ledger_tsdb")
+    # Three ledger rows a batch: the skipped transactions sit in batches of their own and of others.
+    with writer(path, victoria, batch_size=3) as w:
+        assert w.wait_delivered(last_seq(path), 15)
+        # The writer still runs: a transaction posted now arrives.
+        store.charge_session("s6", "bruno", "laser", busy_s=120, idle_s=30, mwh_by_source={"sun": 7_000})
+        w.notify()
+        assert w.wait_delivered(last_seq(path), 15)
+        health = w.health.as_json()
+    assert health["rejected"] == {"unreadable_transaction": 2, "missing_transaction": 1}
+    assert health["connected"] and health["last_error"] is None and health["lag"] == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for tx_id in skipped:
+        assert sum(f"ledger transaction {tx_id} skipped" in m for m in warnings) == 1, warnings
+
+    # A restart: the state before the next transaction comes from the ledger, skipped ones included.
+    store.charge_session("s7", "chloe", "printer", busy_s=7200, idle_s=0, mwh_by_source={"sun": 1, "grid": 3})
+    with writer(path, victoria) as w:
+        assert w.wait_delivered(last_seq(path), 15)
+        assert w.health.rejected == {}
+
+    txs = [*before, *store.transactions(len(before), 100)]
+    assert [tx.id for tx in txs] == list(range(1, len(before) + 3))
+    written = [tx for tx in txs if tx.id not in skipped]
+    searchable(victoria, points_of(written))
+    assert nonzero(sums_in_vm(victoria)) == nonzero(sums_of(written, secret))
+    # Every balance, and every millisecond, is the one a writer that could read every transaction writes.
+    balances = {
+        (s["metric"]["member"], ts): round(v)
+        for s in exported(victoria)
+        if s["metric"]["__name__"] == "commonwatt_ledger_balance_mcr"
+        for ts, v in zip(s["timestamps"], s["values"], strict=True)
+    }
+    assert balances == written_points(txs, skipped, secret)
+    assert balances_in_vm(victoria) == member_balances(store, secret)

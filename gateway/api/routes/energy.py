@@ -6,6 +6,10 @@ sums close exactly; CO₂ is integer mg.
 
 - The balance names no member: any token reads it. `step` (seconds, a multiple of the
   interval) sums intervals into rows; ratios are taken from the sums, never averaged.
+  `quality` is the worst flag of any interval of the row; `quality_counts` counts the
+  row's intervals by quality, each under its worst flag (`ok`, `estimated`, `integrated`,
+  `missing`: they add up to `intervals`), and `quality_percent` gives each count as a
+  percentage of `intervals`, rounded to 0.01 (the counts are exact).
 - A member's energy: operators, auditors and admins read anyone's; any other token only
   its own member's, and asking for another is a 404, the same as for a member who does
   not exist (as /api/v1/members does).
@@ -27,6 +31,7 @@ from gateway.api.deps import GatewayDep
 from gateway.api.routes.members import MemberId, visible_member
 from gateway.api.routes.sessions import period
 from gateway.domain.energy import FLOW_NAMES, worst
+from gateway.energy_report import quality_counts
 from gateway.energy_service import energy_config
 from gateway.energy_store import EnergyStore
 from gateway.model import iso
@@ -59,6 +64,8 @@ class BalanceRow(BaseModel):
     self_sufficiency: float | None
     co2_mg: int
     quality: str
+    quality_counts: dict[str, int]
+    quality_percent: dict[str, float]
     convention: str
 
 
@@ -123,6 +130,7 @@ def balance_row(group: list[sqlite3.Row], start: int, step: int) -> BalanceRow:
     flags = 0
     for r in group:
         flags |= int(r["flags"])
+    counts = quality_counts(int(r["flags"]) for r in group)
     return BalanceRow(
         start=iso(start), end=iso(start + step), intervals=len(group), pv_mwh=s["pv"],
         battery_discharge_mwh=s["discharge"], grid_import_mwh=s["import"], battery_charge_mwh=s["charge"],
@@ -131,7 +139,9 @@ def balance_row(group: list[sqlite3.Row], start: int, step: int) -> BalanceRow:
         residual_mwh=sum(residuals) if residuals else None,
         self_consumption=(s["pv"] - s["sun_grid"]) / s["pv"] if s["pv"] > 0 else None,
         self_sufficiency=(s["consumption"] - mix["grid"]) / s["consumption"] if s["consumption"] > 0 else None,
-        co2_mg=s["co2_mg"], quality=worst(flags), convention=str(group[0]["convention"]),
+        co2_mg=s["co2_mg"], quality=worst(flags), quality_counts=counts,
+        quality_percent={q: round(100 * n / len(group), 2) for q, n in counts.items()},
+        convention=str(group[0]["convention"]),
     )  # fmt: skip
 
 
@@ -152,7 +162,7 @@ def get_balance(
         int | None, Query(ge=1, le=366 * DAY_S, description="seconds per row; default: one interval")
     ] = None,
 ) -> list[BalanceRow]:
-    """The site's balance per `step`: terms, seven flows, mix, residual, ratios, CO₂, worst quality flag."""
+    """The site's balance per `step`: terms, seven flows, mix, residual, ratios, CO₂, quality (worst, by count)."""
     interval = energy_config(gateway.config).interval_s
     step = step or interval
     if step % interval:
