@@ -10,18 +10,17 @@ Changes are recorded with the actor `cli:<user>`; amounts are typed in credits
 
 from __future__ import annotations
 
-import getpass
 import json
 import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-from gateway.cli_people import ConfigOpt, JsonOpt, load_or_exit
+from gateway.cli_people import ConfigOpt, JsonOpt, cli_actor, fail, load_or_exit
 from gateway.ledger import Ledger, LedgerError, mcr, member_account
 from gateway.ledger_service import format_credits
 from gateway.people import People
@@ -37,18 +36,6 @@ _AMOUNT = re.compile(r"\d{1,9}(\.\d{1,3})?")
 _MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):
-        return "cli"
-
-
 @contextmanager
 def _ledger(config: Path) -> Iterator[tuple[Ledger, Path]]:
     """The ledger of the configuration; its refusals become exit 1."""
@@ -57,11 +44,11 @@ def _ledger(config: Path) -> Iterator[tuple[Ledger, Path]]:
     try:
         ledger = Ledger(path, cfg.pricing)
     except (LedgerError, sqlite3.Error) as exc:
-        _fail(f"{path}: {exc}")
+        fail(f"{path}: {exc}")
     try:
         yield ledger, path
     except (LedgerError, sqlite3.Error) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         ledger.close()
 
@@ -69,7 +56,7 @@ def _ledger(config: Path) -> Iterator[tuple[Ledger, Path]]:
 def _known_member(path: Path, member: str) -> None:
     with People(path) as people:
         if people.member(member) is None:
-            _fail(f"no member {member!r}")
+            fail(f"no member {member!r}")
 
 
 @ledger_app.command("balance")
@@ -95,10 +82,10 @@ def grant(
 ) -> None:
     """Credit a member for a contribution (above the policy's threshold it waits for approval)."""
     if not _AMOUNT.fullmatch(amount) or mcr(amount) <= 0:
-        _fail(f"{amount!r} is not a positive amount of credits (up to 3 decimals)", 2)
+        fail(f"{amount!r} is not a positive amount of credits (up to 3 decimals)", 2)
     with _ledger(config) as (ledger, path):
         _known_member(path, member)
-        c = ledger.grant_contribution(member, mcr(amount), category, note, by=_actor())
+        c = ledger.grant_contribution(member, mcr(amount), category, note, by=cli_actor())
     typer.echo(f"contribution {c.id}: {format_credits(c.amount)} credits to {c.member}, {c.status}")
 
 
@@ -106,7 +93,7 @@ def grant(
 def approve(contribution: int, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Approve a pending contribution (by another operator than the one who granted it)."""
     with _ledger(config) as (ledger, _path):
-        c = ledger.approve_contribution(contribution, by=_actor())
+        c = ledger.approve_contribution(contribution, by=cli_actor())
     typer.echo(f"contribution {c.id}: {c.status} (transaction {c.tx_id})")
 
 
@@ -133,7 +120,7 @@ def issue(
 ) -> None:
     """Issue a month's allowance to every active member (again: nothing more is issued)."""
     if not _MONTH.fullmatch(month):
-        _fail(f"--month {month!r}: use YYYY-MM", 2)
+        fail(f"--month {month!r}: use YYYY-MM", 2)
     with _ledger(config) as (ledger, path):
         with People(path) as people:
             members = [m.id for m in people.members(status="active")]
@@ -150,7 +137,7 @@ def reverse(
 ) -> None:
     """Undo a transaction by posting its negation."""
     if not memo.strip():
-        _fail("--memo: say why", 2)
+        fail("--memo: say why", 2)
     with _ledger(config) as (ledger, _path):
-        done = ledger.reverse(tx, by=_actor(), memo=memo)
+        done = ledger.reverse(tx, by=cli_actor(), memo=memo)
     typer.echo(f"transaction {done.id} reverses {tx}")

@@ -50,12 +50,14 @@ def load_or_exit(path: Path) -> Config:
         raise typer.Exit(2) from None
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
+def fail(message: str, code: int = 1) -> NoReturn:
+    """`error: <message>` on standard error and exit `code` (1: refused, 2: bad configuration or usage)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
-def _actor() -> str:
+def cli_actor() -> str:
+    """Who a command's changes are recorded as: `cli:<user>`, or `cli` when the user has no name."""
     try:
         return f"cli:{getpass.getuser()}"
     except (OSError, KeyError):
@@ -69,7 +71,7 @@ def _store(config: Path) -> Iterator[tuple[Config, People]]:
     try:
         people = People(cfg.journal.path)
     except (JournalError, PeopleError, sqlite3.Error) as exc:
-        _fail(f"{cfg.journal.path}: {exc}")
+        fail(f"{cfg.journal.path}: {exc}")
     try:
         yield cfg, people
     except PeopleImportError as exc:
@@ -78,7 +80,7 @@ def _store(config: Path) -> Iterator[tuple[Config, People]]:
             typer.echo(f"  {problem}", err=True)
         raise typer.Exit(1) from None
     except (PeopleError, sqlite3.Error) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         people.close()
 
@@ -103,7 +105,7 @@ def members_add(
 ) -> None:
     """Add a member (active; role `member` unless --role is given)."""
     with _store(config) as (_cfg, people):
-        m = people.add_member(member_id, name, roles=role or ("member",), actor=_actor())
+        m = people.add_member(member_id, name, roles=role or ("member",), actor=cli_actor())
     typer.echo(f"added member {m.id} ({m.name}), roles {', '.join(sorted(m.roles))}")
 
 
@@ -116,9 +118,9 @@ def members_import(
     try:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        _fail(f"cannot read {file}: {exc}")
+        fail(f"cannot read {file}: {exc}")
     with _store(config) as (_cfg, people):
-        r = people.import_csv(text, actor=_actor())
+        r = people.import_csv(text, actor=cli_actor())
     typer.echo(
         f"{file}: {len(r.added)} added, {len(r.updated)} updated, {len(r.unchanged)} unchanged; "
         f"{len(r.badges_assigned)} badge(s) assigned, {len(r.trainings_granted)} training(s) granted"
@@ -133,7 +135,7 @@ def members_list(
 ) -> None:
     """Members with their status, roles and badges."""
     if status is not None and status not in MEMBER_STATUSES:
-        _fail(f"--status {status!r}: use active or inactive", 2)
+        fail(f"--status {status!r}: use active or inactive", 2)
     with _store(config) as (_cfg, people):
         members = people.members(status=status)
         badges: dict[str, list[str]] = {}
@@ -151,7 +153,7 @@ def members_list(
 
 def _set_status(member_id: str, status: str, config: Path) -> None:
     with _store(config) as (_cfg, people):
-        people.update_member(member_id, status=status, actor=_actor())
+        people.update_member(member_id, status=status, actor=cli_actor())
     typer.echo(f"member {member_id} is {status}")
 
 
@@ -182,7 +184,7 @@ def badges_assign(
 ) -> None:
     """Give a badge to a member. A badge active for someone else must be revoked first."""
     with _store(config) as (_cfg, people):
-        badge = people.assign_badge(uid, member, actor=_actor())
+        badge = people.assign_badge(uid, member, actor=cli_actor())
     typer.echo(f"badge {badge.uid} is assigned to {badge.member_id}")
 
 
@@ -194,7 +196,7 @@ def badges_revoke(
 ) -> None:
     """Revoke a badge (or mark it lost): it opens nothing any more."""
     with _store(config) as (_cfg, people):
-        badge = people.revoke_badge(uid, lost=lost, actor=_actor())
+        badge = people.revoke_badge(uid, lost=lost, actor=cli_actor())
     typer.echo(f"badge {badge.uid} of {badge.member_id} is {badge.status}")
 
 
@@ -222,7 +224,7 @@ def _end_of_day(day: str, timezone: str) -> float:
     try:
         date = dt.date.fromisoformat(day)
     except ValueError:
-        _fail(f"--expires {day!r} is not a date YYYY-MM-DD", 2)
+        fail(f"--expires {day!r} is not a date YYYY-MM-DD", 2)
     midnight = dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), tzinfo=ZoneInfo(timezone))
     return midnight.timestamp()
 
@@ -238,7 +240,7 @@ def trainings_grant(
     """Grant (or renew) a training."""
     with _store(config) as (cfg, people):
         expires_at = None if expires is None else _end_of_day(expires, cfg.site.timezone)
-        t = people.grant_training(member, training, granted_by=by or _actor(), at=time.time(), expires_at=expires_at)
+        t = people.grant_training(member, training, granted_by=by or cli_actor(), at=time.time(), expires_at=expires_at)
     until = "" if t.expires_at is None else f" until {iso(t.expires_at)}"
     typer.echo(f"{t.member_id} holds training {t.training}{until} (granted by {t.granted_by})")
 
@@ -251,7 +253,7 @@ def trainings_revoke(
 ) -> None:
     """Revoke a training."""
     with _store(config) as (_cfg, people):
-        people.revoke_training(member, training, actor=_actor())
+        people.revoke_training(member, training, actor=cli_actor())
     typer.echo(f"training {training} of {member} is revoked")
 
 
@@ -285,7 +287,7 @@ def tokens_create(
 ) -> None:
     """Create an API bearer token. It is printed once: the database keeps only its hash."""
     with _store(config) as (_cfg, people):
-        token = people.create_token(role, member, actor=_actor())
+        token = people.create_token(role, member, actor=cli_actor())
     token_id = token.split("_")[1]
     typer.echo(token)
     typer.echo(
@@ -302,7 +304,7 @@ def tokens_revoke(
 ) -> None:
     """Revoke a token: requests that carry it are refused from now on."""
     with _store(config) as (_cfg, people):
-        people.revoke_token(token_id, actor=_actor())
+        people.revoke_token(token_id, actor=cli_actor())
     typer.echo(f"token {token_id} is revoked")
 
 

@@ -18,8 +18,35 @@ from gateway.decoders import PROTOCOLS, decoder_class, is_serial
 from gateway.domain.energy import EnergySettings, Intensity
 from gateway.ledger.pricing import PricingPolicy
 
-#: Protocols whose devices the gateway can switch (gateway/actuators/).
+#: Protocols whose devices the gateway can switch: the command builders of
+#: gateway/actuators/relays.py (`BUILDERS`), which takes this set from here.
 RELAY_PROTOCOLS = frozenset({"shelly_gen2", "shelly_gen1", "tasmota", "esphome"})
+#: Protocols whose decoder emits BadgeEvents, so a device of theirs can be a machine's reader:
+#: RDM6300 modules and keyboard wedges on a serial line, the firmware-bridge/ node's `badge`
+#: topic (esphome), and badges read by a `commonwatt bridge` elsewhere. tests/test_config.py
+#: keeps it equal to the decoders that build a BadgeEvent and give one in their corpus.
+BADGE_PROTOCOLS = frozenset({"rdm6300", "esphome", "commonwatt_bridge"})
+#: Protocols whose decoder gives `power_w` or `energy_wh`, what a machine's meter must report.
+#: generic_json only when its mapping has a rule for them (checked per device). Kept in line
+#: with the decoders' corpora (tests/fixtures/<protocol>/) by tests/test_config.py.
+POWER_PROTOCOLS = frozenset(
+    {
+        "shelly_gen2",
+        "shelly_gen1",
+        "tasmota",
+        "esphome",
+        "opendtu",
+        "victron_venus",
+        "dsmr",
+        "vedirect",
+        "generic_json",
+        "commonwatt_bridge",
+    }
+)
+#: The metrics the floor reads from a machine's meter (gateway/floor_service.py).
+METER_METRICS = frozenset({"power_w", "energy_wh"})
+#: Roles of the site's own meters: never a machine's relay.
+_SITE_ROLES = frozenset({"pv", "battery", "grid", "site_load"})
 
 Role = Literal["pv", "battery", "grid", "site_load", "machine", "other"]
 _ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -149,11 +176,12 @@ class Machine(_Strict):
 
     id: Ident
     name: str = ""
-    #: Device whose power_w / energy_wh readings are this machine's consumption.
+    #: Device of role `machine` whose power_w / energy_wh readings are this machine's consumption.
     meter: str
     #: Device that switches the machine (shelly_gen2, shelly_gen1, tasmota or esphome); none: no relay.
     relay: str | None = None
-    #: Badge reader(s) at the machine: an esphome node or an rdm6300 serial device.
+    #: Badge reader(s) at the machine: an rdm6300 serial device, an esphome node of
+    #: firmware-bridge/, or a reader behind a commonwatt bridge (commonwatt_bridge).
     readers: list[str] = Field(default_factory=list)
     #: Trainings a member must hold (and not expired) to use the machine.
     trainings: list[Ident] = Field(default_factory=list)
@@ -273,20 +301,26 @@ class Config(_Strict):
             if m.id in seen:
                 problems.append(f"machines[{i}].id: {m.id!r} is used twice")
             seen.add(m.id)
-            if m.meter not in devices:
+            meter = devices.get(m.meter)
+            if meter is None:
                 problems.append(f"machines[{i}].meter: no device {m.meter!r}")
+            else:
+                problems += [f"machines[{i}].meter: {p}" for p in _meter_problems(meter)]
             if m.relay is not None:
                 relay = devices.get(m.relay)
                 if relay is None:
                     problems.append(f"machines[{i}].relay: no device {m.relay!r}")
-                elif relay.protocol not in RELAY_PROTOCOLS:
+                else:
+                    problems += [f"machines[{i}].relay: {p}" for p in _relay_problems(relay, self.site.id)]
+            for k, reader_id in enumerate(m.readers):
+                reader = devices.get(reader_id)
+                if reader is None:
+                    problems.append(f"machines[{i}].readers[{k}]: no device {reader_id!r}")
+                elif reader.protocol not in BADGE_PROTOCOLS:
                     problems.append(
-                        f"machines[{i}].relay: {relay.protocol} cannot switch a relay; use one of "
-                        + ", ".join(sorted(RELAY_PROTOCOLS))
+                        f"machines[{i}].readers[{k}]: {reader.id!r} is a {reader.protocol} device, which gives "
+                        "no badges; a reader is a device of protocol " + ", ".join(sorted(BADGE_PROTOCOLS))
                     )
-            for k, reader in enumerate(m.readers):
-                if reader not in devices:
-                    problems.append(f"machines[{i}].readers[{k}]: no device {reader!r}")
         for machine in self.pricing.machines:
             if machine not in seen:
                 problems.append(f"pricing.machines.{machine}: no machine {machine!r}")
@@ -297,6 +331,63 @@ class Config(_Strict):
             if dev.id == device_id:
                 return dev
         raise KeyError(device_id)
+
+
+def _meter_problems(device: Device) -> list[str]:
+    """Why a device cannot be a machine's meter; empty when it can."""
+    if device.role != "machine":
+        return [f"{device.id!r} has role {device.role}; a machine's meter is a device of role machine"]
+    if device.protocol not in POWER_PROTOCOLS:
+        return [
+            f"{device.id!r} is a {device.protocol} device, which gives no power or energy; "
+            "a meter is a device of protocol " + ", ".join(sorted(POWER_PROTOCOLS))
+        ]
+    if device.protocol == "generic_json" and not _mapping_gives_power(device):
+        return [
+            f"{device.id!r}: no rule of its mapping gives "
+            + " or ".join(sorted(METER_METRICS))
+            + f" under its device key {device.prefix!r}"
+        ]
+    return []
+
+
+def _mapping_gives_power(device: Device) -> bool:
+    """Whether a generic_json device's mapping has a power or energy rule whose device key can be its prefix."""
+    from gateway.decoders.generic_json.mapping import compile_mapping
+
+    for rule in compile_mapping(device.options.get("mapping", [])):
+        # A `{n}` in the rule's device key stands for whatever its topic's n-th `+` level matched.
+        key = "".join(re.escape(part) if isinstance(part, str) else "[^/]*" for part in rule.device)
+        if rule.metric in METER_METRICS and re.fullmatch(key, device.prefix or "", re.DOTALL):
+            return True
+    return False
+
+
+def _relay_problems(device: Device, site_id: str) -> list[str]:
+    """Why a device cannot be a machine's relay; empty when the relay actuator can switch it."""
+    if device.protocol not in RELAY_PROTOCOLS:
+        return [f"{device.protocol} cannot switch a relay; use one of " + ", ".join(sorted(RELAY_PROTOCOLS))]
+    if device.role in _SITE_ROLES:
+        return [f"{device.id!r} is the site's {device.role} meter; a relay is a device of role machine or other"]
+    # The actuator imports this module: it is imported here, once the models exist.
+    from gateway.actuators.relays import relay_messages, relay_target
+
+    try:
+        target = relay_target(device)
+        # The actuator's own start-up check. The client id only names the gateway in Shelly
+        # RPC replies, not the device: the gateway's default form is given.
+        relay_messages(
+            target.protocol,
+            target.prefix,
+            True,
+            channel=target.channel,
+            request_id=1,
+            client_id=f"commonwatt-{site_id}",
+            options=target.options,
+        )
+    except ValueError as exc:
+        return [f"{device.id!r} cannot be switched: {exc}"]
+    return []
 
 
 class ConfigError(Exception):

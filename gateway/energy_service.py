@@ -30,7 +30,6 @@ The TSDB gets its energy series from the tables, not from the journal: `EnergyTs
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import contextlib
 import gc
@@ -44,7 +43,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, SpawnContext
@@ -56,6 +54,7 @@ from typing import Any
 from influxdb_client.client.write_api import WriteApi
 
 from gateway.config import EnergyConfig
+from gateway.consumer import JournalConsumerService
 from gateway.domain.energy import (
     BatteryPool,
     Router,
@@ -622,43 +621,27 @@ def _resume(journal: Journal, engine: EnergyEngine) -> int:
 # -- the live service --------------------------------------------------------------------------
 
 
-class EnergyService:
+class EnergyService(JournalConsumerService):
     """Keeps the energy tables current in the gateway: `async with EnergyService(config) as energy:`."""
 
     def __init__(self, config: Any, *, cfg: EnergyConfig | None = None) -> None:
+        super().__init__("energy", tick_s=TICK_S, log=log)
         self.config = config
         self.cfg = cfg or energy_config(config)
         self.path = Path(config.journal.path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="energy")
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.journal: Journal | None = None
         self.store: EnergyStore | None = None
         self.engine: EnergyEngine | None = None
         self.reader: RowReader | None = None
         self.position = 0
-        self.last_error: str | None = None
         #: (seq, newest ts up to it) per batch read: where a checkpoint says to re-read from.
         self._marks: list[tuple[int, float]] = []
         self._saved = 0.0
         self._stopping = False
 
-    async def __aenter__(self) -> EnergyService:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.open)
-        self._task = asyncio.create_task(self._run(), name="energy")
-        return self
-
     async def __aexit__(self, *exc: object) -> None:
         self._stopping = True  # a step catching up stops after its current span
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.close)
-        self._executor.shutdown()
-
-    def notify(self) -> None:
-        """New rows in the journal (called on the event loop)."""
-        self._wake.set()
+        await super().__aexit__(*exc)
 
     def open(self) -> None:
         self.journal = Journal(self.path)
@@ -693,19 +676,6 @@ class EnergyService:
         for closable in (self.store, self.journal):
             if closable is not None:
                 closable.close()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await loop.run_in_executor(self._executor, self.step, time.time())
-                self.last_error = None
-            except Exception as exc:  # keep running; the error is shown in health
-                log.exception("energy step failed")
-                self.last_error = str(exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=TICK_S)
-            self._wake.clear()
 
     def step(self, now: float) -> None:
         """Feed the rows after our position; write final and provisional intervals as of `now`.

@@ -17,20 +17,18 @@ them as `event.operator` rows first.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.actuators.relays import RelayActuator
 from gateway.config import Config
+from gateway.consumer import JournalConsumerService
 from gateway.domain.access import BadgeInfo, Decision, MachineRules, decide
 from gateway.domain.floor import Floor, MachineState
 from gateway.domain.floor_events import (
@@ -202,7 +200,7 @@ def event_row(event: Event) -> NewRow:
     return (event.ts, data.get("machine_id") or "floor", f"event.{event.kind}", None, json.dumps(data))
 
 
-class FloorService:
+class FloorService(JournalConsumerService):
     """Runs the floor on its own thread: `async with FloorService(...) as floor:` in the gateway."""
 
     def __init__(
@@ -214,6 +212,7 @@ class FloorService:
         credit_ok: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__("floor", tick_s=TICK_S, log=log)
         self.config = config
         self.credit_ok = credit_ok
         #: The time trainings granted at a machine are recorded with (a simulation's clock in the demo).
@@ -222,35 +221,13 @@ class FloorService:
         self.actuator = actuator
         self.publish = publish
         self.lock = threading.Lock()  # the API reads machine views while the floor thread writes
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="floor")
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.core: FloorCore | None = None
         self.journal: Journal | None = None
         self.position = 0
         self._checkpointed = 0.0
         self.decisions = 0
-        self.last_error: str | None = None
 
-    # -- lifetime ------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> FloorService:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.open)
-        self._task = asyncio.create_task(self._run(), name="floor")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.close)
-        self._executor.shutdown()
-
-    def notify(self) -> None:
-        """New rows in the journal (called on the event loop)."""
-        self._wake.set()
+    # -- lifetime (the thread, the wake-ups and the tick: `JournalConsumerService`) ----------------
 
     def open(self) -> None:
         """Open the journal and the people and restore the floor (`async with` does it on its thread)."""
@@ -271,19 +248,6 @@ class FloorService:
             self.core.people.close()
         if self.journal is not None:
             self.journal.close()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await loop.run_in_executor(self._executor, self.step, time.time())
-                self.last_error = None
-            except Exception as exc:  # the floor must keep running; the error is shown in health
-                log.exception("floor step failed")
-                self.last_error = str(exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=TICK_S)
-            self._wake.clear()
 
     # -- one step (the floor thread) ---------------------------------------------------------------
 

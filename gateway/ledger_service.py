@@ -38,14 +38,11 @@ did not see. It is posted to `energy:grid` and reported as `unknown_mwh` on the 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -54,6 +51,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import Config
+from gateway.consumer import JournalConsumerService
 from gateway.domain.energy import Intensity, co2_mg
 from gateway.domain.energy.meters import COUNTER_CHANNELS
 from gateway.energy_store import EnergyStore
@@ -385,19 +383,16 @@ def balance_after(ledger: Ledger, account: str, tx_id: int) -> int:
 # -- the service -------------------------------------------------------------------------------
 
 
-class LedgerService:
+class LedgerService(JournalConsumerService):
     """Runs the ledger on its own thread: `async with LedgerService(config, publish=...) as ledger:`."""
 
     def __init__(self, config: Config, *, publish: Publish | None, clock: Callable[[], float] = time.time) -> None:
+        super().__init__("ledger", tick_s=TICK_S, log=log)
         self.config = config
         self.publish = publish
         self.clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.core: LedgerCore | None = None
         self.position = 0
-        self.last_error: str | None = None
         self._credit_active = pricing_active(config.pricing)
         #: A connection of its own for `credit_ok` (called on the floor's thread).
         self._reader: Ledger | None = None
@@ -407,19 +402,6 @@ class LedgerService:
         """The store the service writes with; the API posts contributions through it too."""
         assert self.core is not None, "the ledger service is not running"
         return self.core.ledger
-
-    async def __aenter__(self) -> LedgerService:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.open)
-        self._task = asyncio.create_task(self._run(), name="ledger")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.close)
-        self._executor.shutdown()
 
     def open(self) -> None:
         """Open the ledger and restore the pending sessions (`async with` does it on its thread)."""
@@ -431,23 +413,6 @@ class LedgerService:
         for closable in (self.core, self._reader):
             if closable is not None:
                 closable.close()
-
-    def notify(self) -> None:
-        """New rows in the journal (called on the event loop)."""
-        self._wake.set()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await loop.run_in_executor(self._executor, self.step, time.time())
-                self.last_error = None
-            except Exception as exc:  # keep running; the error is shown in health
-                log.exception("ledger step failed")
-                self.last_error = str(exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=TICK_S)
-            self._wake.clear()
 
     def step(self, now: float) -> None:
         assert self.core is not None

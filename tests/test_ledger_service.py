@@ -232,7 +232,7 @@ def test_sigkill_around_the_checkpoint_leaves_exactly_one_charge(tmp_path: Path,
         "journal": {"path": str(tmp_path / "journal.sqlite")},
         "pricing": PRICING,
         "machines": [{"id": "laser", "meter": "laser_meter"}],
-        "devices": [{"id": "laser_meter", "protocol": "rdm6300", "port": "/dev/null", "role": "machine"}],
+        "devices": [{"id": "laser_meter", "protocol": "dsmr", "port": "/dev/null", "role": "machine"}],
     }
     (tmp_path / "config.json").write_text(json.dumps(raw))
     cfg = parse_config(raw)

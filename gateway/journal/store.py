@@ -31,6 +31,7 @@ from gateway.journal.schema import (
     to_rows,
 )
 from gateway.model import Record
+from gateway.sqlite import connect
 
 
 class JournalError(Exception):
@@ -71,15 +72,9 @@ def _connect(path: Path, readonly: bool, busy_timeout: float) -> sqlite3.Connect
     if readonly:
         if not path.exists():
             raise JournalError(f"no journal at {path}")
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    return conn
+    return connect(path, readonly=readonly, busy_timeout=busy_timeout, wal=not readonly)
 
 
 class Journal:

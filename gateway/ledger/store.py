@@ -52,6 +52,7 @@ from gateway.ledger.pricing import (
     unused_allowances,
 )
 from gateway.ledger.schema import DDL, EVENT_DEVICE, EVENT_METRIC, LEDGER_SCHEMA_VERSION
+from gateway.sqlite import immediate, open_store
 
 #: The actor of transactions the gateway posts on its own (charges, allowances, expiries).
 GATEWAY = "gateway"
@@ -119,41 +120,21 @@ class Ledger:
         self._clock = clock
         self._lock = threading.RLock()
         Journal(self.path, busy_timeout=busy_timeout).close()  # the journal's tables first
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            self._setup(busy_timeout)
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def _setup(self, busy_timeout: float) -> None:
-        conn = self._conn
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(f"BEGIN IMMEDIATE; {DDL} COMMIT;")
-        found = conn.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone()[0]
-        if int(found) > LEDGER_SCHEMA_VERSION:
-            raise LedgerError(f"{self.path}: ledger schema {found}, this commonwatt reads {LEDGER_SCHEMA_VERSION}")
+        self._conn = open_store(
+            self.path, name="ledger", ddl=DDL, reads=LEDGER_SCHEMA_VERSION, error=LedgerError, busy_timeout=busy_timeout
+        )
 
     # -- transactions ------------------------------------------------------------------------
 
     @contextmanager
     def _write(self, actor: str) -> Iterator[_Write]:
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                w = _Write(conn, self._clock(), actor)
-                yield w
-                if w.events:
-                    before: int = conn.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0]
-                    conn.executemany(INSERT_ROWS, w.events)
-                    conn.execute(UPDATE_SERIES, (before,))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._lock, immediate(self._conn) as conn:
+            w = _Write(conn, self._clock(), actor)
+            yield w
+            if w.events:
+                before: int = conn.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0]
+                conn.executemany(INSERT_ROWS, w.events)
+                conn.execute(UPDATE_SERIES, (before,))
 
     def _post(
         self,

@@ -50,6 +50,7 @@ from gateway.people.model import (
 )
 from gateway.people.schema import DDL, EVENT_DEVICE, EVENT_METRIC, PEOPLE_SCHEMA_VERSION
 from gateway.people.tokens import new_token, parse_token, secret_matches
+from gateway.sqlite import immediate, open_store
 
 #: `last_used` of a token is written at most this often: an API client polling every
 #: second must not turn every read into a database write.
@@ -94,40 +95,25 @@ class People:
         self._lock = threading.RLock()
         # The journal's own tables (and its schema check) first: people changes are journaled.
         Journal(self.path, busy_timeout=busy_timeout).close()
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            self._setup(busy_timeout)
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def _setup(self, busy_timeout: float) -> None:
-        conn = self._conn
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.executescript(f"BEGIN IMMEDIATE; {DDL} COMMIT;")
-        found = conn.execute("SELECT value FROM people_meta WHERE key = 'schema_version'").fetchone()[0]
-        if int(found) > PEOPLE_SCHEMA_VERSION:
-            raise PeopleError(f"{self.path}: people schema {found}, this commonwatt reads {PEOPLE_SCHEMA_VERSION}")
+        self._conn = open_store(
+            self.path,
+            name="people",
+            ddl=DDL,
+            reads=PEOPLE_SCHEMA_VERSION,
+            error=PeopleError,
+            busy_timeout=busy_timeout,
+            foreign_keys=True,
+        )
 
     # -- transactions ------------------------------------------------------------------------
 
     @contextmanager
     def _write(self, actor: str) -> Iterator[_Tx]:
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                tx = _Tx(conn, self._clock(), actor)
-                yield tx
-                if tx.events:
-                    self._journal(tx.events)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._lock, immediate(self._conn) as conn:
+            tx = _Tx(conn, self._clock(), actor)
+            yield tx
+            if tx.events:
+                self._journal(tx.events)
 
     def _journal(self, events: list[NewRow]) -> None:
         """Append the events as `Journal.append_rows` does (rows, then the `series` summary)."""

@@ -24,18 +24,16 @@ connection) for messages to wait there while the gateway is down.
 
 paho's network thread runs beside a sink thread of its own that reads the journal and
 waits for acknowledgements; the event loop is never blocked. `async with` (or `with`).
+The thread, the cursor and the health it shares with the TSDB sink are in
+`gateway.sinks.base`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -45,77 +43,42 @@ from gateway.config import MqttSettings
 from gateway.decoders.commonwatt_bridge.wire import MAX_RECORDS, OFFLINE, ONLINE, encode_rows, status_topic
 from gateway.journal import Journal
 from gateway.journal.schema import Row
+from gateway.sinks.base import FIRST_BACKOFF_S, JournalSink, SinkHealth, Stopped
 
 log = logging.getLogger(__name__)
 
-#: First pause before publishing refused messages again; doubles up to `max_backoff_s`.
-FIRST_BACKOFF_S = 0.5
 #: How long a clean stop waits for the retained `offline` to be acknowledged.
 OFFLINE_WAIT_S = 2.0
 
 Message = tuple[str, bytes]
 
 
-class _Stopped(Exception):
-    """The sink was asked to stop while a batch was still unacknowledged."""
-
-
 @dataclass
-class PublisherHealth:
-    """Live state of the sink, shown like the TSDB sink's (`as_json()`)."""
+class PublisherHealth(SinkHealth):
+    """Live state of the sink, shown like the TSDB sink's (`as_json()`).
+
+    `connected` is True while connected to the broker; `retries` counts the messages refused
+    or left unanswered by the broker, and published again; `skipped` counts the rows that are
+    not sent (event rows, readings without a finite value), by reason. `lag`: journal rows not
+    yet acknowledged by the broker.
+    """
 
     name: str = "mqtt_out"
     broker: str = ""
-    #: True while connected to the broker.
-    connected: bool = False
-    #: When `connected` last changed (UTC seconds).
-    since: float | None = None
-    last_ok_ts: float | None = None
-    last_error: str | None = None
     messages_published: int = 0
     records_published: int = 0
-    #: Journal batches delivered (cursor moves).
-    batches: int = 0
-    #: Messages refused or left unanswered by the broker, and published again.
-    retries: int = 0
-    #: Rows that are not sent (event rows, readings without a finite value), by reason.
-    skipped: Counter[str] = field(default_factory=Counter)
-    cursor: int = 0
-    last_seq: int = 0
 
-    @property
-    def lag(self) -> int:
-        """Journal rows not yet acknowledged by the broker."""
-        return max(0, self.last_seq - self.cursor)
+    def _target_json(self) -> dict[str, Any]:
+        return {"broker": self.broker}
 
-    def set_connected(self, connected: bool, error: str | None = None) -> None:
-        if connected != self.connected or self.since is None:
-            self.since = time.time()
-        self.connected = connected
-        if not connected:
-            self.last_error = error
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "broker": self.broker,
-            "connected": self.connected,
-            "since": self.since,
-            "last_ok_ts": self.last_ok_ts,
-            "last_error": self.last_error,
-            "messages_published": self.messages_published,
-            "records_published": self.records_published,
-            "batches": self.batches,
-            "retries": self.retries,
-            "skipped": dict(self.skipped),
-            "cursor": self.cursor,
-            "last_seq": self.last_seq,
-            "lag": self.lag,
-        }
+    def _counts_json(self) -> dict[str, Any]:
+        return {"messages_published": self.messages_published, "records_published": self.records_published}
 
 
-class MqttPublisherSink:
+class MqttPublisherSink(JournalSink[PublisherHealth]):
     """Publishes the journal's records from cursor `consumer`, at least once, each device in order."""
+
+    kind = "MQTT publisher"
 
     def __init__(
         self,
@@ -131,26 +94,22 @@ class MqttPublisherSink:
         ack_timeout_s: float = 60.0,
         poll_s: float = 0.5,
     ) -> None:
-        self.journal_path = Path(journal_path)
+        super().__init__(
+            journal_path=journal_path,
+            health=PublisherHealth(broker=f"{settings.host}:{settings.port}"),
+            consumer=consumer,
+            batch_size=batch_size,
+            max_backoff_s=max_backoff_s,
+            poll_s=poll_s,
+        )
         self.settings = settings
         self.site = site
-        self.consumer = consumer
-        self.batch_size = batch_size
         self.max_records = max_records
-        self.max_backoff_s = max_backoff_s
         self.ack_timeout_s = ack_timeout_s
-        self.poll_s = poll_s
-        self.health = PublisherHealth(broker=f"{settings.host}:{settings.port}")
         self.client = self._make_client(client_id)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        # Guards the acknowledgements below and the cursor in `health`.
-        self._cond = threading.Condition()
+        # Guarded by `_progress`, like the cursor in `health`.
         self._acked: set[int] = set()
         self._refused: dict[int, str] = {}
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
 
     def _make_client(self, client_id: str) -> paho.Client:
         s = self.settings
@@ -174,60 +133,23 @@ class MqttPublisherSink:
 
     # -- the public surface (any thread) -----------------------------------------------------
 
-    def notify(self) -> None:
-        """New rows are in the journal: look now instead of at the next poll. Thread-safe."""
-        self._wake.set()
-
-    def wait_delivered(self, seq: int, timeout: float) -> bool:
-        """Block until the broker has acknowledged every row up to `seq`; False after `timeout`."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self.health.cursor >= seq, timeout)
-
     def start(self) -> None:
         """Open the journal, start connecting, start the sink thread; raises if the journal cannot be opened."""
-        if self._thread is not None:
-            raise RuntimeError("the MQTT publisher is already started")
-        self._thread = threading.Thread(target=self._run, name=f"sink-{self.consumer}", daemon=True)
-        self._thread.start()
-        self._started.wait()
-        if self._start_error is not None:
-            self._thread.join()
-            raise self._start_error
+        super().start()
         s = self.settings
         self.client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
         self.client.loop_start()
 
     def close(self) -> None:
         """Stop; a batch not yet acknowledged waits in the journal. Publishes the retained `offline`."""
-        self._stop.set()
-        self._wake.set()
-        with self._cond:
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
+        super().close()
         if self.health.connected:
             info = self.client.publish(status_topic(self.site), OFFLINE, qos=1, retain=True)
-            with self._cond:
-                self._cond.wait_for(lambda: info.mid in self._acked, OFFLINE_WAIT_S)
+            with self._progress:
+                self._progress.wait_for(lambda: info.mid in self._acked, OFFLINE_WAIT_S)
         self.client.disconnect()
         self.client.loop_stop()
         self.health.set_connected(False, "stopped")
-
-    def __enter__(self) -> MqttPublisherSink:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> MqttPublisherSink:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.close)
 
     # -- paho's network thread ---------------------------------------------------------------
 
@@ -246,49 +168,20 @@ class MqttPublisherSink:
         self.health.set_connected(False, f"disconnected: {reason}")
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
-        with self._cond:
+        with self._progress:
             if reason.is_failure:
                 self._refused[mid] = str(reason)
             else:
                 self._acked.add(mid)
-            self._cond.notify_all()
+            self._progress.notify_all()
 
     # -- the sink thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            journal = Journal(self.journal_path)
-            self.health.cursor = journal.cursor(self.consumer)
-        except BaseException as exc:
-            self._start_error = exc
-            self._started.set()
-            return
-        self._started.set()
-        try:
-            while not self._stop.is_set():
-                self._step(journal)
-        except _Stopped:
-            pass
-        except Exception as exc:
-            # A bug, not an outage (those are waited out): say so loudly; the rows wait in the journal.
-            log.exception("MQTT publisher stopped")
-            self.health.last_error = f"sink stopped: {exc!r}"
-        finally:
-            journal.close()
-
-    def _step(self, journal: Journal) -> None:
-        self._wake.clear()
-        rows = journal.read(self.health.cursor, self.batch_size)
-        self.health.last_seq = journal.last_seq()
-        if not rows:
-            self._wake.wait(self.poll_s)
-            return
-        self._deliver(rows)
-        journal.set_cursor(self.consumer, rows[-1][0])
-        with self._cond:
-            self.health.cursor = rows[-1][0]
-            self.health.batches += 1
-            self._cond.notify_all()
+    def _serve(self, journal: Journal) -> None:
+        while not self._stop.is_set():
+            if rows := self._read_batch(journal):
+                self._deliver(rows)
+                self._advance(journal, rows[-1][0])
 
     def _deliver(self, rows: list[Row]) -> None:
         """Publish the rows' messages; returns once the broker has acknowledged all of them."""
@@ -301,8 +194,7 @@ class MqttPublisherSink:
             if refused:
                 self.health.retries += len(refused)
                 log.warning("%d message(s) not taken (%s), again in %.1fs", len(refused), self.health.last_error, delay)
-                if self._stop.wait(delay):
-                    raise _Stopped
+                self._pause(delay)
                 delay = min(delay * 2, self.max_backoff_s)
             todo = refused
         self.health.messages_published += len(encoded.messages)
@@ -311,12 +203,12 @@ class MqttPublisherSink:
 
     def _publish_acked(self, messages: list[Message]) -> list[Message]:
         """Publish with QoS 1 and wait until each is acknowledged; returns those to publish again."""
-        with self._cond:
+        with self._progress:
             self._acked.clear()
             self._refused.clear()
         # While disconnected, paho queues these and sends them once it has reconnected.
         sent = {self.client.publish(topic, body, qos=1).mid: (topic, body) for topic, body in messages}
-        with self._cond:
+        with self._progress:
             unsettled = self._wait_settled(set(sent))
             again = [sent[m] for m in sent if m in self._refused or m in unsettled]
             if self._refused:
@@ -326,7 +218,7 @@ class MqttPublisherSink:
             return again
 
     def _wait_settled(self, mids: set[int]) -> set[int]:
-        """With `_cond` held: wait until every mid is acknowledged or refused; returns the others.
+        """With `_progress` held: wait until every mid is acknowledged or refused; returns the others.
 
         While disconnected there is no limit (paho sends them again after reconnecting); once
         connected, a message with no answer after `ack_timeout_s` is given up and published again.
@@ -334,10 +226,10 @@ class MqttPublisherSink:
         deadline = time.monotonic() + self.ack_timeout_s
         while unsettled := {m for m in mids if m not in self._acked and m not in self._refused}:
             if self._stop.is_set():
-                raise _Stopped
+                raise Stopped
             if not self.health.connected:
                 deadline = time.monotonic() + self.ack_timeout_s
             elif time.monotonic() > deadline:
                 return unsettled
-            self._cond.wait(0.5)
+            self._progress.wait(0.5)
         return set()

@@ -23,22 +23,20 @@ influxdb-client is synchronous, so the sink runs on a thread of its own and the 
 stays free: `async with TsdbSink(...) as sink:` (or `with` from plain threads). It sleeps
 until `notify()` (hook it to the journal writer:
 `writer.add_listener(lambda seq: sink.notify())`) and looks at the journal every
-`poll_s` seconds anyway.
+`poll_s` seconds anyway. The thread, the cursor and the health it shares with the MQTT
+publisher are in `gateway.sinks.base`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import sqlite3
-import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, cast
 
 from influxdb_client.client.exceptions import InfluxDBError
@@ -48,20 +46,15 @@ from influxdb_client.domain.write_precision import WritePrecision
 
 from gateway.journal import Journal
 from gateway.journal.schema import Row
+from gateway.sinks.base import FIRST_BACKOFF_S, JournalSink, SinkHealth
 from gateway.sinks.lineprotocol import Formatted, LineFormatter
 
 log = logging.getLogger(__name__)
 
 #: Statuses that mean "these lines are bad": split the batch and skip what the server refuses.
 BAD_DATA_STATUSES = frozenset({400, 413, 422})
-#: First retry delay after a failed write; doubles up to `max_backoff_s`.
-FIRST_BACKOFF_S = 0.5
 #: Timestamps are integer milliseconds (`lineprotocol.to_ms`).
 _MS = cast(WritePrecision, WritePrecision.MS)
-
-
-class _Stopped(Exception):
-    """The sink was asked to stop while a write was still being retried."""
 
 
 class _BadData(Exception):
@@ -75,66 +68,41 @@ JOURNAL_RETRY_S = 0.5
 
 
 @dataclass
-class TsdbHealth:
-    """Live state of the sink, for /api/v1/health and /metrics."""
+class TsdbHealth(SinkHealth):
+    """Live state of the sink, for /api/v1/health and /metrics.
+
+    `connected` is True when the last write was accepted; `retries` counts the HTTP writes
+    that failed and were tried again; `skipped` counts the rows that are not time series
+    (badge and other events), by kind.
+    """
 
     name: str = "tsdb"
     url: str = ""
-    #: True when the last write was accepted.
-    connected: bool = False
-    #: When `connected` last changed (UTC seconds).
-    since: float | None = None
-    last_ok_ts: float | None = None
-    last_error: str | None = None
     points_written: int = 0
-    #: Journal batches delivered (cursor moves).
-    batches: int = 0
-    #: HTTP writes attempted, and how many of them failed and were retried.
+    #: HTTP writes attempted.
     requests: int = 0
-    retries: int = 0
     #: Readings not written, by reason (non_finite, duplicate, invalid_metric, http_400, ...).
     rejected: Counter[str] = field(default_factory=Counter)
-    #: Rows that are not time series (badge and other events), by kind.
-    skipped: Counter[str] = field(default_factory=Counter)
-    cursor: int = 0
-    last_seq: int = 0
-
-    @property
-    def lag(self) -> int:
-        """Journal rows not yet delivered."""
-        return max(0, self.last_seq - self.cursor)
 
     def set_connected(self, connected: bool, error: str | None = None) -> None:
-        if connected != self.connected or self.since is None:
-            self.since = time.time()
-        self.connected = connected
+        super().set_connected(connected, error)
         if connected:
             self.last_ok_ts = time.time()
-        else:
-            self.last_error = error
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "url": self.url,
-            "connected": self.connected,
-            "since": self.since,
-            "last_ok_ts": self.last_ok_ts,
-            "last_error": self.last_error,
-            "points_written": self.points_written,
-            "batches": self.batches,
-            "requests": self.requests,
-            "retries": self.retries,
-            "rejected": dict(self.rejected),
-            "skipped": dict(self.skipped),
-            "cursor": self.cursor,
-            "last_seq": self.last_seq,
-            "lag": self.lag,
-        }
+    def _target_json(self) -> dict[str, Any]:
+        return {"url": self.url}
+
+    def _counts_json(self) -> dict[str, Any]:
+        return {"points_written": self.points_written, "requests": self.requests, "rejected": dict(self.rejected)}
 
 
-class TsdbSink:
-    """Delivers the journal's readings to a line-protocol endpoint, at least once, in order."""
+class TsdbSink(JournalSink[TsdbHealth]):
+    """Delivers the journal's readings to a line-protocol endpoint, at least once, in order.
+
+    `close()` waits for the write in progress, at most `timeout_s`.
+    """
+
+    kind = "TSDB sink"
 
     def __init__(
         self,
@@ -152,93 +120,33 @@ class TsdbSink:
         max_backoff_s: float = 30,
         poll_s: float = 0.5,
     ) -> None:
-        self.journal_path = Path(journal_path)
+        super().__init__(
+            journal_path=journal_path,
+            health=TsdbHealth(url=url),
+            consumer=consumer,
+            batch_size=batch_size,
+            max_backoff_s=max_backoff_s,
+            poll_s=poll_s,
+        )
         self.url = url
         self.token = token
         self.org = org
         self.bucket = bucket
-        self.consumer = consumer
-        self.batch_size = batch_size
         self.timeout_s = timeout_s
-        self.max_backoff_s = max_backoff_s
-        self.poll_s = poll_s
         self.formatter = LineFormatter(site=site, device_tags=device_tags)
-        self.health = TsdbHealth(url=url)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._progress = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
-
-    # -- the public surface (any thread) -----------------------------------------------------
-
-    def notify(self) -> None:
-        """New rows are in the journal: look now instead of at the next poll. Thread-safe."""
-        self._wake.set()
-
-    def wait_delivered(self, seq: int, timeout: float) -> bool:
-        """Block until every row up to `seq` is delivered (or skipped); False after `timeout`."""
-        with self._progress:
-            return self._progress.wait_for(lambda: self.health.cursor >= seq, timeout)
-
-    def start(self) -> None:
-        """Open the journal and start the sink thread; raises here if the journal cannot be opened."""
-        if self._thread is not None:
-            raise RuntimeError("the TSDB sink is already started")
-        self._thread = threading.Thread(target=self._run, name=f"sink-{self.consumer}", daemon=True)
-        self._thread.start()
-        self._started.wait()
-        if self._start_error is not None:
-            self._thread.join()
-            raise self._start_error
-
-    def close(self) -> None:
-        """Stop after the write in progress (at most `timeout_s`); undelivered rows wait in the journal."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def __enter__(self) -> TsdbSink:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> TsdbSink:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.close)
 
     # -- the sink thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            journal = Journal(self.journal_path)
-            self.health.cursor = journal.cursor(self.consumer)
-        except BaseException as exc:
-            self._start_error = exc
-            self._started.set()
-            return
-        self._started.set()
+    def _serve(self, journal: Journal) -> None:
         client = InfluxDBClient(url=self.url, token=self.token, org=self.org, timeout=int(self.timeout_s * 1000))
         try:
             self._loop(journal, client.write_api(write_options=SYNCHRONOUS))
-        except _Stopped:
-            pass
-        except Exception as exc:
-            # A bug, not an outage (those are retried): say so loudly; the rows wait in the journal.
-            log.exception("TSDB sink stopped")
-            self.health.set_connected(False, f"sink stopped: {exc!r}")
         finally:
             client.close()  # type: ignore[no-untyped-call]
-            journal.close()
+
+    def _record_crash(self, error: str) -> None:
+        # `connected` means "the last write was accepted": no write will be any more.
+        self.health.set_connected(False, error)
 
     def _loop(self, journal: Journal, api: WriteApi) -> None:
         while not self._stop.is_set():
@@ -252,14 +160,9 @@ class TsdbSink:
                 self._stop.wait(JOURNAL_RETRY_S)
 
     def _step(self, journal: Journal, api: WriteApi) -> None:
-        self._wake.clear()
-        rows = journal.read(self.health.cursor, self.batch_size)
-        self.health.last_seq = journal.last_seq()
-        if rows:
+        if rows := self._read_batch(journal):
             self._deliver(api, rows)
             self._advance(journal, rows[-1][0])
-        else:
-            self._wake.wait(self.poll_s)
 
     def _deliver(self, api: WriteApi, rows: list[Row]) -> None:
         batch = self.formatter.format(rows)
@@ -267,13 +170,6 @@ class TsdbSink:
         self.health.rejected.update(batch.rejected)
         if batch.lines:
             self._write_split(api, batch)
-
-    def _advance(self, journal: Journal, seq: int) -> None:
-        journal.set_cursor(self.consumer, seq)
-        with self._progress:
-            self.health.cursor = seq
-            self.health.batches += 1
-            self._progress.notify_all()
 
     def _write_split(self, api: WriteApi, batch: Formatted) -> None:
         """Write `batch`; when the server refuses its data, bisect and skip the refused lines."""
@@ -321,8 +217,7 @@ class TsdbSink:
         self.health.set_connected(False, _describe(exc))
         pause = min(max(delay * random.uniform(0.5, 1.0), _retry_after(exc)), self.max_backoff_s)
         log.warning("TSDB write to %s failed, retrying in %.1fs: %s", self.url, pause, _describe(exc))
-        if self._stop.wait(pause):
-            raise _Stopped
+        self._pause(pause)
 
 
 def _describe(exc: Exception) -> str:

@@ -123,12 +123,12 @@ def test_an_auditor_reads_any_statement_under_a_pseudonym(stated: Lab) -> None:
         assert "leaf" not in bundle and bundle["leaf_hash"] == full["leaf_hash"]
         check_bundle(bundle, [key])
     without_proofs = json.dumps({k: v for k, v in doc.items() if k != "proofs"}).replace(alias, "")
-    assert "ada" not in without_proofs.lower()
+    assert not re.search(r"\bada\b", without_proofs.lower())  # as a word: hashes are hex
     csv = get(stated, f"/api/v1/members/ada/statements/{MONTH}", "auditor", format="csv")
     assert csv.headers["content-disposition"] == f'attachment; filename="statement-{alias}-{MONTH}.csv"'
     html = get(stated, f"/api/v1/members/ada/statements/{MONTH}", "auditor", format="html").text
     readable = re.sub(r"base64,[A-Za-z0-9+/=]+", "", html).replace(alias, "")  # the proofs' file, as base64
-    assert "base64," in html and "ada" not in readable.lower()
+    assert "base64," in html and not re.search(r"\bada\b", readable.lower())
 
 
 def test_the_community_report_names_members_for_operators_only(stated: Lab) -> None:

@@ -399,7 +399,8 @@ def check_counters(last: dict[tuple[str, str], float], first: SiteSnapshot, end:
     )
     used = machines + end.base_load_wh - first.base_load_wh
     assert used > 4.0  # at least a second of a 20 kW base load: large beside the tolerance
-    assert supplied == pytest.approx(used, abs=1.1)  # Venus energies are decoded to whole Wh
+    # Venus's two counters and OpenDTU's yield are whole Wh: three roundings of up to 0.5 Wh.
+    assert supplied == pytest.approx(used, abs=1.6)
     assert abs(balance_residual(first, end)) < 1e-6
 
 
