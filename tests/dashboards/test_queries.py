@@ -4,8 +4,8 @@ One module-scoped run (about 25 s): the demo's simulated devices and badge nodes
 embedded broker, a fast lab day (`Scenario`, speed 10) with members badging in and out,
 and a real `Gateway` with `[tsdb]` pointing at a private VictoriaMetrics. The machine
 state sink writes every second, and VictoriaMetrics scrapes the gateway's /metrics every
-second, as `deploy/` sets it up in production (`-promscrape.config`). One malformed
-frame is published so that the "rejected frames" panel has something to show.
+second, as `deploy/` sets it up in production (`-promscrape.config`). Malformed
+frames are published so that the "rejected frames" panel has something to show.
 
 The lab prices its machines and energy (`PRICING`): the ledger issues the month's
 allowance when the gateway starts, and the gateway's ledger writer sends it to
@@ -144,10 +144,11 @@ async def _play(config: Config, broker: EmbeddedBroker, site: DemoSite, nodes: B
             MachineStateSink(floor=gw.floor, machines=machines, journal_path=path, url=vm_url, site=SITE, every_s=1),
             Scenario(site, nodes, speed=SPEED, relay_wait_s=2.5),
         ):
-            # Frames no decoder accepts: the gateway counts them under rejected, by reason. Two,
-            # seconds apart, so the scraped counter changes between scrapes (increase() sees it).
-            for _ in range(2):
-                await asyncio.sleep(3.0)
+            # Frames no decoder accepts: the gateway counts them under rejected, by reason. Six,
+            # a second apart, so the scraped counter changes between several scrapes (increase()
+            # sees it) however busy the machine is.
+            for _ in range(6):
+                await asyncio.sleep(1.0)
                 await asyncio.to_thread(
                     mqtt_publish.single,
                     "shellypro3em-demo01/events/rpc",
