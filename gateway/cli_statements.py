@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from gateway.audit import AuditError
-from gateway.cli_people import ConfigOpt, load_or_exit
+from gateway.cli_people import ConfigOpt, fail, load_or_exit
 from gateway.statements import (
     FORMATS,
     StatementError,
@@ -34,18 +34,13 @@ FormatOpt = Annotated[str, typer.Option("--format", "-f", help="csv, json or htm
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="write here instead of standard output")]
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _check_usage(month: str, fmt: str) -> None:
     if fmt not in FORMATS:
-        _fail(f"--format {fmt!r}: one of {', '.join(FORMATS)}", 2)
+        fail(f"--format {fmt!r}: one of {', '.join(FORMATS)}", 2)
     try:
         month_of(month, "UTC")
     except StatementError as exc:
-        _fail(f"--month: {exc}", 2)
+        fail(f"--month: {exc}", 2)
 
 
 def _write(text: str, out: Path | None) -> None:
@@ -70,7 +65,7 @@ def statement(
     try:
         doc = member_statement(cfg, member, month, inclusion=None if log is None else log.inclusion)
     except (StatementError, AuditError, sqlite3.Error) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         if log is not None:
             log.close()
@@ -91,5 +86,5 @@ def community(
     try:
         doc = community_report(cfg, month, names=names)
     except (StatementError, sqlite3.Error) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _write(render(doc, fmt), out)

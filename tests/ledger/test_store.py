@@ -233,3 +233,13 @@ def _size(db: Path) -> int:
             return int(conn.execute("SELECT count(*) FROM ledger_transactions").fetchone()[0])
     except sqlite3.OperationalError:
         return 0
+
+
+def test_a_database_from_a_newer_commonwatt_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    Ledger(path, POLICY).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE ledger_meta SET value = '7' WHERE key = 'schema_version'")
+    db.close()
+    with pytest.raises(LedgerError, match=r"ledger schema 7, this commonwatt reads 1"):
+        Ledger(path, POLICY)

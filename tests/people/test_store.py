@@ -441,3 +441,13 @@ def test_unknown_ids_take_the_same_comparison_path(people: People, monkeypatch: 
     assert people.authenticate(f"cw_{token_id}_{'0' * 64}") is None
     assert people.authenticate(token) is not None
     assert len(compared) == 3 and all(len(a) == len(b) == 64 for a, b in compared)
+
+
+def test_a_database_from_a_newer_commonwatt_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    People(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE people_meta SET value = '7' WHERE key = 'schema_version'")
+    db.close()
+    with pytest.raises(PeopleError, match=r"people schema 7, this commonwatt reads 1"):
+        People(path)
