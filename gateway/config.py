@@ -90,6 +90,20 @@ class MqttSettings(_Strict):
     qos: Literal[0, 1] = 1
     version: Literal["5", "3.1.1"] = "3.1.1"
     session_expiry_s: int = Field(86_400, ge=0)
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, value: str | None) -> str | None:
+        # Shelly Gen2 devices answer RPC on `<client_id>/rpc`, so the id must work as topic levels.
+        if value is not None and (
+            not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/")
+        ):
+            raise ValueError(
+                f"{value!r}: the gateway's relays are answered on <client_id>/rpc, so no +, # or NUL, "
+                "not empty and no leading or trailing /"
+            )
+        return value
+
     tls: bool = False
     ca_file: Path | None = None
 

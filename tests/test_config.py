@@ -312,3 +312,15 @@ def test_relay_protocols_are_the_actuators_and_report_their_relay() -> None:
     for protocol in RELAY_PROTOCOLS:
         # The actuator takes a command as done when the decoder reports the relay's new state.
         assert any(record.get("metric") == "relay_on" for record in _corpus(protocol)), protocol
+
+
+@pytest.mark.parametrize("client_id", ["", "lab/+", "gw#1", "/gateway", "gateway/"])
+def test_a_client_id_that_cannot_be_a_topic_is_named(client_id: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"site": {"id": "lab"}, "mqtt": {"client_id": client_id}})
+    [problem] = caught.value.problems
+    assert problem.startswith("mqtt.client_id") and "<client_id>/rpc" in problem
+
+
+def test_a_plain_client_id_is_accepted() -> None:
+    assert parse_config({"site": {"id": "lab"}, "mqtt": {"client_id": "commonwatt-lab/gw1"}}).mqtt is not None
