@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class StartError(Exception):
+    """The gateway cannot start as configured (a port in use); the message says what to change."""
+
+
 class Gateway:
     """One site's gateway. `async with Gateway(config) as gw:` runs it until the block exits."""
 
@@ -74,6 +78,10 @@ class Gateway:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
+        # The API's port first: taken by another program, it is a clear error before anything runs.
+        api_socket = self._bind_api() if self.config.api.enabled else None
+        if api_socket is not None:
+            self._stack.callback(api_socket.close)
         self.writer.start()
         self._stack.callback(self.writer.close)
 
@@ -93,8 +101,8 @@ class Gateway:
             await self._start_floor()
         if self.config.devices:
             await self._start_energy()
-        if self.config.api.enabled:
-            await self._start_api()
+        if api_socket is not None:
+            await self._start_api(api_socket)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -257,7 +265,18 @@ class Gateway:
         self._wakers.append(writer.notify)
         self.sinks.append(writer)
 
-    async def _start_api(self) -> None:
+    def _bind_api(self) -> socket.socket:
+        api = self.config.api
+        family = socket.AF_INET6 if ":" in api.host else socket.AF_INET
+        try:
+            return socket.create_server((api.host, api.port), family=family)
+        except OSError as exc:
+            raise StartError(
+                f"the API cannot listen on {api.host}:{api.port}: {exc.strerror or exc} "
+                "(is another commonwatt running? [api] port in commonwatt.toml sets it)"
+            ) from None
+
+    async def _start_api(self, sock: socket.socket) -> None:
         import uvicorn
 
         from gateway.api.app import create_app
@@ -272,7 +291,7 @@ class Gateway:
         self._stack.callback(lambda: getattr(app.state, "people", None) and app.state.people.close())
         self._stack.callback(lambda: getattr(app.state, "ledger", None) and app.state.ledger.close())
         server = _ApiServer(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning", lifespan="off"))
-        self._spawn(server.serve(), "api")
+        self._spawn(server.serve(sockets=[sock]), "api")
         while not server.started:
             await asyncio.sleep(0.01)
         self.api_port = server.servers[0].sockets[0].getsockname()[1]

@@ -111,11 +111,15 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the gateway. SIGTERM or Ctrl-C flushes the journal and exits cleanly."""
-    from gateway.app import run_gateway
+    from gateway.app import StartError, run_gateway
 
     cfg = _load(config)
     _logging(verbose)
-    asyncio.run(run_gateway(cfg))
+    try:
+        asyncio.run(run_gateway(cfg))
+    except StartError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 app.add_typer(members_app, name="members")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,13 @@ def test_backup_restore_and_acl_commands(tmp_path: Path) -> None:
         "laser" in (tmp_path / "mq" / "acl_file").read_text()
         or "shellyplusplugs-a1" in (tmp_path / "mq" / "acl_file").read_text()
     )
+
+
+def test_run_with_the_api_port_taken_says_so_and_starts_nothing(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = tmp_path / "commonwatt.toml"
+        config.write_text(f'[site]\nid = "lab"\n[journal]\npath = "{tmp_path / "j.sqlite"}"\n[api]\nport = {port}\n')
+        result = commonwatt("run", "--config", str(config))
+    assert result.returncode == 1
+    assert f"the API cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr

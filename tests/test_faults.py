@@ -40,21 +40,42 @@ class GatewayProcess:
             for i, p in enumerate(DEVICES)
         )
         self.config = folder / "commonwatt.toml"
-        self.config.write_text(
+        self._settings = (
             f'[site]\nid = "lab"\n[journal]\npath = "{self.journal}"\n'
             f'[mqtt]\nport = {broker.port}\nclient_id = "gw-under-test"\n'
-            f"[api]\nport = {self.api_port}\n"
             f'[tsdb]\nurl = "{vm.url}"\nmax_backoff_s = 1.0\n{devices}'
         )
+        self._write_config()
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _write_config(self) -> None:
+        self.config.write_text(f"[api]\nport = {self.api_port}\n" + self._settings)
+
     def start(self) -> None:
-        log = (self.folder / "gateway.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(self.config)], cwd=ROOT, stdout=log, stderr=log
-        )
-        wait_for(lambda: self.health().get("sources", [{}])[0].get("connected") is True, 20)
-        time.sleep(0.3)  # subscriptions acknowledged
+        log_path = self.folder / "gateway.log"
+        for _attempt in range(3):
+            with log_path.open("ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=log,
+                )
+            self.proc = proc
+            wait_for(lambda p=proc: p.poll() is not None or self.connected(), 20)
+            if proc.poll() is None:
+                time.sleep(0.3)  # subscriptions acknowledged
+                return
+            said = log_path.read_text(errors="replace")
+            if "the API cannot listen" not in said:
+                raise AssertionError(f"the gateway exited {proc.returncode}:\n{said[-2000:]}")
+            # Another test's service took the free port between free_port() and the gateway's bind.
+            self.api_port = free_port()
+            self._write_config()
+        raise AssertionError("no free port for the gateway's API")
+
+    def connected(self) -> bool:
+        return self.health().get("sources", [{}])[0].get("connected") is True
 
     def health(self) -> dict[str, Any]:
         try:
