@@ -7,12 +7,8 @@ store nothing twice.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,78 +18,29 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.journal import Journal
-from tests.services import Mosquitto, VictoriaMetrics, free_port
+from tests.gateway_process import GatewayProcess as BaseGatewayProcess
+from tests.services import Mosquitto, VictoriaMetrics
 
-ROOT = Path(__file__).resolve().parent.parent
 DEVICES = [f"shellyplusplugs-{i:06x}" for i in range(5)]
 T0 = 1_760_000_000.0
 
 
-class GatewayProcess:
+class GatewayProcess(BaseGatewayProcess):
     def __init__(self, folder: Path, broker: Mosquitto, vm: VictoriaMetrics) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.api_port = free_port()
         self.journal = folder / "journal.sqlite"
         devices = "".join(
             f'[[devices]]\nid = "m{i}"\nprotocol = "shelly_gen2"\nprefix = "{p}"\nrole = "machine"\n'
             for i, p in enumerate(DEVICES)
         )
-        self.config = folder / "commonwatt.toml"
-        self._settings = (
+        super().__init__(
+            folder,
             f'[site]\nid = "lab"\n[journal]\npath = "{self.journal}"\n'
             f'[mqtt]\nport = {broker.port}\nclient_id = "gw-under-test"\n'
-            f'[tsdb]\nurl = "{vm.url}"\nmax_backoff_s = 1.0\n{devices}'
+            f'[tsdb]\nurl = "{vm.url}"\nmax_backoff_s = 1.0\n{devices}',
         )
-        self._write_config()
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def _write_config(self) -> None:
-        self.config.write_text(f"[api]\nport = {self.api_port}\n" + self._settings)
-
-    def start(self) -> None:
-        log_path = self.folder / "gateway.log"
-        for _attempt in range(3):
-            with log_path.open("ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
-                    cwd=ROOT,
-                    stdout=log,
-                    stderr=log,
-                )
-            self.proc = proc
-            wait_for(lambda p=proc: p.poll() is not None or self.connected(), 20)
-            if proc.poll() is None:
-                time.sleep(0.3)  # subscriptions acknowledged
-                return
-            said = log_path.read_text(errors="replace")
-            if "the API cannot listen" not in said:
-                raise AssertionError(f"the gateway exited {proc.returncode}:\n{said[-2000:]}")
-            # Another test's service took the free port between free_port() and the gateway's bind.
-            self.api_port = free_port()
-            self._write_config()
-        raise AssertionError("no free port for the gateway's API")
-
-    def connected(self) -> bool:
-        return self.health().get("sources", [{}])[0].get("connected") is True
-
-    def health(self) -> dict[str, Any]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/api/v1/health", timeout=1) as resp:
-                data: dict[str, Any] = json.loads(resp.read())
-                return data
-        except OSError:
-            return {}
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
+    def start(self) -> None:  # type: ignore[override]
+        super().start(lambda health: health["sources"][0]["connected"] is True)
 
 
 def wait_for(predicate: Any, timeout: float) -> None:

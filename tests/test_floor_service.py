@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,9 +46,8 @@ from tests.floor_helpers import (
     prepare_people,
     wait_for,
 )
-from tests.services import Mosquitto, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.gateway_process import GatewayProcess as BaseGatewayProcess
+from tests.services import Mosquitto
 
 MACHINES = [
     machine("basic"),
@@ -407,49 +402,24 @@ def test_a_badge_just_after_an_override_ran_out_is_allowed(gateway: Gateway, eve
 # -- a gateway killed with a session open -------------------------------------------------------------
 
 
-class GatewayProcess:
+class GatewayProcess(BaseGatewayProcess):
     """`python -m gateway run` with one machine, as tests/test_faults.py runs it."""
 
     def __init__(self, folder: Path, broker: Mosquitto) -> None:
-        self.folder = folder
         self.journal = folder / "journal.sqlite"
-        self.api_port = free_port()
-        self.config = folder / "commonwatt.toml"
-        self.config.write_text(
+        super().__init__(
+            folder,
             f'[site]\nid = "{SITE}"\n[journal]\npath = "{self.journal}"\nmax_delay_ms = 5\n'
-            f'[mqtt]\nport = {broker.port}\nclient_id = "gw-killed"\n[api]\nport = {self.api_port}\n'
+            f'[mqtt]\nport = {broker.port}\nclient_id = "gw-killed"\n'
             '[[devices]]\nid = "cnc"\nprotocol = "esphome"\nprefix = "commonwatt/cnc"\nrole = "machine"\n'
             '[[machines]]\nid = "cnc"\nmeter = "cnc"\nrelay = "cnc"\nreaders = ["cnc"]\n'
             f'trainings = ["{SAFETY}"]\nidle_timeout_s = 600\n'
-            "[access]\nrelay_confirm_s = 0.3\nrelay_retries = 1\n"
+            "[access]\nrelay_confirm_s = 0.3\nrelay_retries = 1\n",
         )
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        log = (self.folder / "gateway.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(self.config)], cwd=ROOT, stdout=log, stderr=log
-        )
-        wait_for(self._ready, 20, "the gateway connected with its floor running")
-        time.sleep(0.3)  # subscriptions acknowledged
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/api/v1/health", timeout=1) as resp:
-                health = json.loads(resp.read())
-        except OSError:
-            return False
-        return bool(health["sources"][0]["connected"] and health["floor"] is not None)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
+    def start(self) -> None:  # type: ignore[override]
+        # The gateway connected with its floor running.
+        super().start(lambda health: bool(health["sources"][0]["connected"] and health["floor"] is not None))
 
 
 @pytest.fixture
