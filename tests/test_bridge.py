@@ -218,9 +218,11 @@ def test_broker_outage_loses_nothing_and_the_cursor_waits(tmp_path: Path, meter:
                 seen["health"] = bridge.sink.health.as_json()
         finally:
             await gw.__aexit__(None, None, None)
-            broker.stop()
 
-    run(scenario)
+    try:
+        run(scenario)
+    finally:  # also when the scenario timed out: no broker left running after the test
+        broker.stop()
     want = expected(0, 60)
     got = readings(gw_config.journal.path)
     assert set(got) == want
