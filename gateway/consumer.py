@@ -19,12 +19,13 @@ The demo (`gateway.demo.month`) calls `open`, `step` and `close` itself, on its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Self
+
+from gateway.aio import wait_event
 
 
 class JournalConsumerService(ABC):
@@ -82,6 +83,5 @@ class JournalConsumerService(ABC):
             except Exception as exc:  # the service must keep running; the error is shown in health
                 self._log.exception("%s step failed", self.name)
                 self.last_error = str(exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
+            await wait_event(self._wake, self.tick_s)
             self._wake.clear()

@@ -8,13 +8,13 @@ per-series summary, then follows new commits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.aio import wait_event
 from gateway.journal import Journal, Row
 from gateway.journal.schema import BADGE
 
@@ -83,8 +83,7 @@ class LiveState:
         await loop.run_in_executor(self._executor, self.bootstrap)
         while True:
             await loop.run_in_executor(self._executor, self.catch_up)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=1.0)
+            await wait_event(wake, 1.0)
             wake.clear()
 
     def close(self) -> None:

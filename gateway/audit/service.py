@@ -14,12 +14,12 @@ The database work runs in a thread so the event loop never waits on SQLite.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.aio import wait_event
 from gateway.audit.log import AuditLog, StoredCheckpoint
 
 if TYPE_CHECKING:
@@ -81,8 +81,7 @@ class AuditService:
         while True:
             published = await self._round_and_publish(published)
             self.rounds += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._every_s)
+            await wait_event(self._wake, self._every_s)
             self._wake.clear()
 
     async def _round_and_publish(self, published: bool) -> bool:

@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from gateway.aio import wait_event
 from gateway.app import Gateway, stop_on_signals
 from gateway.config import Config, load_config
 from gateway.demo import GATEWAY_DEVICES, DemoSite, DemoTiming, EmbeddedBroker, SiteSettings
@@ -186,8 +187,7 @@ async def _show(
     refresh: Any = Live(live_table(gw, started, scenario), console=console, refresh_per_second=2, transient=False)
     with refresh if console.is_terminal else contextlib.nullcontext():
         while not stop.is_set() and (deadline is None or time.time() < deadline):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await wait_event(stop, 1.0)
             if console.is_terminal:
                 refresh.update(live_table(gw, started, scenario))
     if not console.is_terminal:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -73,7 +75,14 @@ class RunningGateway:
         return self.gateway
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.gateway.__aexit__(None, None, None), self.loop).result(30)
+        stopping = asyncio.run_coroutine_threadsafe(self.gateway.__aexit__(None, None, None), self.loop)
+        try:
+            stopping.result(60)
+        except TimeoutError:
+            faulthandler.dump_traceback(all_threads=True)  # where the gateway's stop is stuck
+            for task in asyncio.all_tasks(self.loop):
+                task.print_stack(file=sys.stderr)
+            raise
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
 

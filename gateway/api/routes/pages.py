@@ -62,7 +62,6 @@ never ends cannot be exercised by a schema-driven test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -75,6 +74,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from gateway.aio import wait_event
 from gateway.api.auth import PeopleDep, may_see, sees_everyone, unauthorized
 from gateway.api.deps import GatewayDep
 from gateway.api.routes.machines import machine_out
@@ -350,9 +350,7 @@ async def _stopped(gateway: Gateway, wait_s: float) -> bool:
     if stopping is None:
         await asyncio.sleep(wait_s)
         return False
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), wait_s)
-    return stopping.is_set()
+    return await wait_event(stopping, wait_s)
 
 
 @router.get("/api/v1/events/stream")
