@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import base64
 import functools
-import hashlib
 import json
 import sqlite3
 import tempfile
@@ -32,6 +31,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
+
+from merkle import naive_root  # bench/merkle.py, beside this script: the RFC's recursive definition
 
 from gateway.audit.log import AuditLog
 from gateway.audit.merkle import leaf_hash
@@ -175,16 +176,6 @@ def merkle_part(config: Config) -> None:
 
 
 # -- the naive recompute --------------------------------------------------------------------
-
-
-def naive_root(leaves: list[bytes]) -> bytes:
-    """MTH of RFC 9162 §2.1.1 as written: recursion on slices of leaf hashes."""
-    if not leaves:
-        return hashlib.sha256(b"").digest()
-    if len(leaves) == 1:
-        return leaves[0]
-    k = 1 << ((len(leaves) - 1).bit_length() - 1)
-    return hashlib.sha256(b"\x01" + naive_root(leaves[:k]) + naive_root(leaves[k:])).digest()
 
 
 def naive_verify(path: Path) -> bool:

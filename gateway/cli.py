@@ -13,7 +13,7 @@ import typer
 
 from gateway.cli_energy import energy_app, replay
 from gateway.cli_ledger import ledger_app
-from gateway.cli_people import badges_app, load_or_exit, members_app, tokens_app, trainings_app
+from gateway.cli_people import badges_app, fail, load_or_exit, members_app, tokens_app, trainings_app
 from gateway.cli_statements import report_app, statement
 from gateway.config import Config, ConfigError
 from gateway.decoders import PROTOCOLS, decoder_class
@@ -118,8 +118,7 @@ def run(
     try:
         asyncio.run(run_gateway(cfg))
     except StartError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
 
 
 app.add_typer(members_app, name="members")
@@ -168,8 +167,7 @@ def mosquitto_acl(
     try:
         files = write_broker_files(cfg, out, broker_dir=broker_dir)
     except DeployError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     typer.echo(f"{len(files.users)} users: {', '.join(u.name for u in files.users)}")
     for path in (files.passwords, files.password_file, files.acl_file, files.auth_conf):
         typer.echo(f"wrote {path}")
@@ -189,8 +187,7 @@ def backup(
     try:
         manifest = do_backup(cfg.journal.path, out)
     except DeployError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     typer.echo(f"{out}: {json.dumps(manifest, sort_keys=True)}")
 
 
@@ -208,8 +205,7 @@ def restore(
     try:
         kept = do_restore(backup_file, cfg.journal.path, force=force)
     except DeployError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     typer.echo(f"restored {backup_file} to {cfg.journal.path}" + (f"; the old database is {kept}" if kept else ""))
 
 
@@ -292,8 +288,7 @@ def journal_stats(
     try:
         journal = Journal(cfg.journal.path, readonly=True)
     except JournalError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     with journal:
         print_stats(journal.stats(), as_json=as_json)
 
